@@ -1,0 +1,141 @@
+"""Batch samplers that build metric-learning batches: P groups x (C subgroups x) K items.
+
+`PKBatchSampler` with only `groups` gives classic P speakers x K utterances (triplet / GE2E).
+With `subgroups` (e.g. intra-speaker k-means clusters) it gives P speakers x C clusters x K clips,
+so every anchor has a positive (same cluster) and same-speaker negatives (the speaker's other
+clusters). Under DDP every rank draws from the same seeded epoch plan and takes every
+world_size-th batch, so ranks get disjoint batches and the same number of them.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _CyclingPool:
+    """Per-key shuffled pools: an item is reused only after all items of its key were used."""
+
+    def __init__(self, items_by_key: dict, rng: np.random.Generator):
+        self.items = {k: np.asarray(v) for k, v in items_by_key.items()}
+        self.rng = rng
+        self.queue = {k: [] for k in self.items}
+
+    def take(self, key, n: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            if not self.queue[key]:
+                self.queue[key] = list(self.rng.permutation(self.items[key]))
+            nxt = self.queue[key].pop()
+            if nxt in out and len(self.items[key]) >= n:
+                self.queue[key].insert(0, nxt)  # avoid a duplicate inside one batch when possible
+                continue
+            out.append(int(nxt))
+        return out
+
+
+class PKBatchSampler(Sampler[list[int]]):
+    def __init__(self, groups: Sequence, n_groups: int, n_per_group: int, subgroups: Sequence | None = None,
+                 n_subgroups: int = 2, batches_per_epoch: int | None = None, seed: int = 0,
+                 rank: int | None = None, world_size: int | None = None):
+        self.groups = np.asarray(groups)
+        if len(self.groups) == 0:
+            raise ValueError("PKBatchSampler: no items to sample from")
+        self.subgroups = None if subgroups is None else np.asarray(subgroups)
+        if self.subgroups is not None and len(self.subgroups) != len(self.groups):
+            raise ValueError(f"PKBatchSampler: {len(self.subgroups)} subgroup labels for {len(self.groups)} items")
+        self.n_groups, self.n_per_group, self.n_subgroups = int(n_groups), int(n_per_group), int(n_subgroups)
+        self.seed, self.epoch = int(seed), 0
+        self._rank, self._world = rank, world_size
+        self._index()
+        n_eligible = len(self.eligible)
+        if n_eligible < self.n_groups:
+            need = (f"at least {self.n_subgroups} subgroups (clusters) each" if self.subgroups is not None else "at least 2 items each")
+            raise ValueError(f"PKBatchSampler: batch asks for {self.n_groups} groups (speakers) but only {n_eligible} "
+                             f"have {need}; lower n_groups (data.batch.n_speakers) or use more data")
+        self._batches_per_epoch = batches_per_epoch
+
+    def _index(self):
+        self.by_group = defaultdict(list)
+        for i, g in enumerate(self.groups):
+            self.by_group[g].append(i)
+        if self.subgroups is None:
+            self.eligible = sorted(g for g, idx in self.by_group.items() if len(idx) >= 2)
+        else:
+            self.by_sub = defaultdict(list)
+            for i, (g, s) in enumerate(zip(self.groups, self.subgroups)):
+                self.by_sub[(g, s)].append(i)
+            subs_of = defaultdict(list)
+            for (g, s) in self.by_sub:
+                subs_of[g].append(s)
+            self.subs_of = {g: sorted(v) for g, v in subs_of.items()}
+            self.eligible = sorted(g for g, v in self.subs_of.items() if len(v) >= self.n_subgroups)
+
+    def set_subgroups(self, subgroups: Sequence) -> None:
+        """Swap in new pseudo-labels (e.g. after re-clustering) without rebuilding the dataloader."""
+        sub = np.asarray(subgroups)
+        if len(sub) != len(self.groups):
+            raise ValueError(f"set_subgroups: {len(sub)} labels for {len(self.groups)} items")
+        self.subgroups = sub
+        self._index()
+
+    @property
+    def batch_size(self) -> int:
+        if self.subgroups is None:
+            return self.n_groups * self.n_per_group
+        return self.n_groups * self.n_subgroups * self.n_per_group
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches per rank: one pass over the data split across ranks, unless fixed by the user."""
+        if self._batches_per_epoch:
+            return int(self._batches_per_epoch)
+        return max(1, len(self.groups) // (self.batch_size * self._rank_world()[1]))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self._rank is not None and self._world is not None:
+            return self._rank, self._world
+        return _dist_rank_world()
+
+    def epoch_plan(self) -> list[list[int]]:
+        """All batches of this epoch (before splitting across ranks); identical on every rank."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        _, world = self._rank_world()
+        n_total = self.batches_per_epoch * world
+        batches = []
+        if self.subgroups is None:
+            pool = _CyclingPool({g: self.by_group[g] for g in self.eligible}, rng)
+            for _ in range(n_total):
+                gs = rng.choice(len(self.eligible), size=self.n_groups, replace=False)
+                batches.append([i for g in gs for i in pool.take(self.eligible[g], self.n_per_group)])
+        else:
+            pool = _CyclingPool(dict(self.by_sub), rng)
+            for _ in range(n_total):
+                gs = rng.choice(len(self.eligible), size=self.n_groups, replace=False)
+                batch = []
+                for gi in gs:
+                    g = self.eligible[gi]
+                    subs = rng.choice(len(self.subs_of[g]), size=self.n_subgroups, replace=False)
+                    for si in subs:
+                        batch.extend(pool.take((g, self.subs_of[g][si]), self.n_per_group))
+                batches.append(batch)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rank, world = self._rank_world()
+        yield from self.epoch_plan()[rank::world]
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch

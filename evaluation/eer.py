@@ -1,0 +1,42 @@
+"""Equal error rate of verification scores: the operating point where false accepts equal false rejects."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def compute_eer(scores, labels) -> float:
+    """EER (fraction) of `scores` (higher = same) for binary `labels` (1 = same speaker)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    if scores.shape != labels.shape:
+        raise ValueError(f"compute_eer: scores {scores.shape} and labels {labels.shape} differ in shape")
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"compute_eer needs both target and non-target trials, got {n_pos} target and {n_neg} non-target")
+    order = np.argsort(-scores, kind="mergesort")
+    lab = labels[order]
+    # Threshold just below each sorted score: accept everything up to i.
+    tp = np.concatenate([[0], np.cumsum(lab)])
+    fp = np.concatenate([[0], np.cumsum(~lab)])
+    frr = 1 - tp / n_pos
+    far = fp / n_neg
+    i = int(np.argmin(np.abs(frr - far)))
+    # Interpolate between neighbouring points for a less step-like estimate.
+    if i + 1 < len(far) and (frr[i] - far[i]) * (frr[i + 1] - far[i + 1]) < 0:
+        d0, d1 = frr[i] - far[i], frr[i + 1] - far[i + 1]
+        t = d0 / (d0 - d1)
+        return float(far[i] + t * (far[i + 1] - far[i]))
+    return float((frr[i] + far[i]) / 2)
+
+
+def pairwise_trials(embeddings: np.ndarray, speakers, max_pairs: int | None = None, seed: int = 0):
+    """All (or a seeded sample of) unordered pairs: cosine scores and same-speaker labels."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    spk = np.asarray(speakers)
+    i, j = np.triu_indices(len(e), k=1)
+    if max_pairs is not None and len(i) > max_pairs:
+        sel = np.random.default_rng(seed).choice(len(i), size=max_pairs, replace=False)
+        i, j = i[sel], j[sel]
+    scores = np.einsum("nd,nd->n", e[i], e[j])
+    return scores, (spk[i] == spk[j]).astype(np.int64), i, j

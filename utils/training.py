@@ -1,0 +1,70 @@
+"""The body of train.py: build everything from the config, fit, return the metrics."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from utils.config_checks import check_targets
+from utils.instantiators import instantiate_callbacks, instantiate_loggers
+
+log = logging.getLogger(__name__)
+
+
+@rank_zero_only
+def save_resolved_config(cfg: DictConfig, output_dir: str | Path) -> Path:
+    path = Path(output_dir) / "config_resolved.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path, resolve=True)
+    return path
+
+
+def build_model(cfg: DictConfig) -> L.LightningModule:
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    # Not recursive: the backbone stays a plain config dict, so checkpoints can rebuild it.
+    return instantiate(cfg.model, backbone=backbone, _recursive_=False, _convert_="all")
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        p = Path(output_dir) / "checkpoints" / "last.ckpt"
+    else:
+        p = Path(ckpt_path)
+    if not p.exists():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: {p} does not exist (for 'last', also pass the old run's "
+                                f"folder as hydra.run.dir=...)")
+    return str(p)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    check_targets(cfg.data, "data")
+    check_targets(cfg.backbone, "backbone")
+    check_targets(cfg.model, "model", extra_keys={"model": {"backbone"}})
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = cfg.paths.output_dir
+    save_resolved_config(cfg, output_dir)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    model = build_model(cfg)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+    if best:
+        log.info("best checkpoint: %s", best)
+    metrics["best_ckpt_path"] = best
+    return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
