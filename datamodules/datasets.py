@@ -15,12 +15,13 @@ class CropDataset(Dataset):
 
     def __init__(self, records: Sequence[ClipRecord], labels: Sequence[int], sample_rate: int, crop_seconds: float,
                  random_crop: bool = True, trim: bool = True, normalize_loudness: bool = False,
-                 augment: Callable | None = None):
+                 augment: Callable | None = None, n_labels: int | None = None):
         if len(records) != len(labels):
             raise ValueError(f"CropDataset: {len(records)} records but {len(labels)} labels")
         self.records, self.labels = list(records), [int(x) for x in labels]
         self.sample_rate, self.crop = sample_rate, int(round(crop_seconds * sample_rate))
         self.random_crop, self.trim, self.normalize_loudness, self.augment = random_crop, trim, normalize_loudness, augment
+        self.n_labels = n_labels if n_labels is not None else (max(self.labels) + 1 if self.labels else 0)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -30,10 +31,20 @@ class CropDataset(Dataset):
         return trim_silence(wav, self.sample_rate) if self.trim else wav
 
     def __getitem__(self, i: int) -> dict:
-        wav = crop_or_pad(self.load(i), self.crop, random=self.random_crop)
+        return self.transform_loaded(i, self.load(i))
+
+    def transform_loaded(self, i: int, wav: torch.Tensor) -> dict:
+        """Augment, crop and label an already decoded clip (also used on audio streamed from shards)."""
+        label = self.labels[i]
         if self.augment is not None:
-            wav = self.augment(wav)
-        return {"wav": wav, "label": self.labels[i], "index": i}
+            out = self.augment(wav)
+            if isinstance(out, tuple):  # speed perturbation: a sped-up copy is a new speaker (WeSpeaker)
+                wav, speed_index = out
+                label = label + speed_index * self.n_labels
+            else:
+                wav = out
+        wav = crop_or_pad(wav, self.crop, random=self.random_crop)
+        return {"wav": wav, "label": label, "index": i}
 
 
 class UtteranceDataset(Dataset):

@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from datamodules.audio import trim_silence
 from datamodules.datasets import CropDataset, UtteranceDataset, collate_utterances
 from datamodules.records import ClipRecord
 from datamodules.samplers import PKBatchSampler
@@ -21,17 +22,21 @@ from datamodules.samplers import PKBatchSampler
 log = logging.getLogger(__name__)
 
 
-def load_corpus_records(corpus: str, root: str | Path, cache_dir: str | Path, options: dict | None = None) -> list[ClipRecord]:
-    """Build (or reuse) the cached manifest of a corpus and return its records."""
+def load_corpus_records(corpus: str, root: str | Path, cache_dir: str | Path, options: dict | None = None,
+                        build: bool = True) -> list[ClipRecord]:
+    """Build (or reuse) the cached manifest of a corpus and return its records.
+
+    `build=False` only reads a manifest built before (every rank in `setup`, after rank 0's `prepare_data`).
+    """
     options = dict(options or {})
     if corpus == "synthetic":
         from datamodules.synthetic.corpus import SyntheticCorpusConfig, generate_corpus, parse_synthetic
 
         manifest = generate_corpus(root, SyntheticCorpusConfig(**options))
         return parse_synthetic(Path(manifest).parent)
-    from datamodules.manifest import build_manifest
+    from datamodules.manifest import build_manifest, load_manifest
 
-    return build_manifest(corpus, root, cache_dir, **options)
+    return (build_manifest if build else load_manifest)(corpus, root, cache_dir, **options)
 
 
 def split_speakers(speakers: Sequence[str], n_val: int | float, seed: int) -> tuple[set, set]:
@@ -52,13 +57,19 @@ class SpeakerDataModule(L.LightningDataModule):
                  n_speakers: int = 8, n_per_speaker: int = 4, n_clusters_per_speaker: int = 2,
                  batches_per_epoch: int | None = None, val_speakers: float | int = 0.2, val_batch_size: int = 32,
                  train_splits: Sequence[str] | None = None, trim_silence: bool = True, normalize_loudness: bool = False,
-                 augment: Any = None, num_workers: int = 0, seed: int = 0, speakers: Sequence[str] | None = None):
+                 augment: Any = None, num_workers: int = 0, seed: int = 0, speakers: Sequence[str] | None = None,
+                 format: str = "files", shards_dir: str | None = None, clips_per_shard: int = 1000,
+                 shuffle_buffer: int = 2000):
         super().__init__()
         self.save_hyperparameters(ignore=["augment"])
         self.augment = augment
         if corpus != "synthetic" and not Path(root).exists():
             raise FileNotFoundError(f"data.root={root!r} does not exist: set data.root to the folder where you unpacked "
                                     f"the {corpus} corpus (see FORMATS.md for the expected layout)")
+        if format not in ("files", "shards"):
+            raise ValueError(f"data.format={format!r}: expected 'files' or 'shards'")
+        if format == "shards" and not shards_dir:
+            raise ValueError("data.format=shards needs data.shards_dir (where the tar shards are written once and read)")
         self.train_records: list[ClipRecord] = []
         self.val_records: list[ClipRecord] = []
         self.pseudo_labels: np.ndarray | None = None
@@ -67,13 +78,15 @@ class SpeakerDataModule(L.LightningDataModule):
     # ----- data preparation -----
     def prepare_data(self) -> None:
         h = self.hparams
-        load_corpus_records(h.corpus, h.root, h.cache_dir, h.corpus_options)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_records:
-            return
-        h = self.hparams
         records = load_corpus_records(h.corpus, h.root, h.cache_dir, h.corpus_options)
+        if h.format == "shards" and not (Path(h.shards_dir) / "shards.json").exists():
+            from datamodules.shards import write_shards
+
+            train, _ = self._split(records)
+            write_shards(train, h.shards_dir, clips_per_shard=h.clips_per_shard, sample_rate=h.sample_rate)
+
+    def _split(self, records: list[ClipRecord]) -> tuple[list[ClipRecord], list[ClipRecord]]:
+        h = self.hparams
         if h.train_splits:
             keep = set(h.train_splits)
             records = [r for r in records if r.split in keep]
@@ -87,17 +100,25 @@ class SpeakerDataModule(L.LightningDataModule):
                                  f"(known: {sorted({r.speaker for r in records})[:10]}...)")
             records = [r for r in records if r.speaker in keep]
         train_spk, val_spk = split_speakers([r.speaker for r in records], h.val_speakers, h.seed)
-        self.train_records = [r for r in records if r.speaker in train_spk]
-        self.val_records = [r for r in records if r.speaker in val_spk]
-        self.speakers = sorted(train_spk)
+        return [r for r in records if r.speaker in train_spk], [r for r in records if r.speaker in val_spk]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_records:
+            return
+        h = self.hparams
+        records = load_corpus_records(h.corpus, h.root, h.cache_dir, h.corpus_options, build=False)
+        self.train_records, self.val_records = self._split(records)
+        val_spk = {r.speaker for r in self.val_records}
+        self.speakers = sorted({r.speaker for r in self.train_records})
         self.speaker_index = {s: i for i, s in enumerate(self.speakers)}
         self.train_labels = np.array([self.speaker_index[r.speaker] for r in self.train_records])
         log.info("data: %d train clips from %d speakers, %d validation clips from %d held-out speakers",
-                 len(self.train_records), len(train_spk), len(self.val_records), len(val_spk))
+                 len(self.train_records), len(self.speakers), len(self.val_records), len(val_spk))
 
     @property
     def num_speakers(self) -> int:
-        return len(self.speakers)
+        """Classes for a speaker classifier: speed-perturbed copies count as new speakers (WeSpeaker)."""
+        return len(self.speakers) * int(getattr(self.augment, "num_copies", 1))
 
     # ----- pseudo-labels from clustering (contrastive objectives) -----
     def set_pseudo_labels(self, clusters: Sequence[int]) -> None:
@@ -117,15 +138,40 @@ class SpeakerDataModule(L.LightningDataModule):
     def train_dataset(self) -> CropDataset:
         h = self.hparams
         return CropDataset(self.train_records, self.train_labels, h.sample_rate, h.crop_seconds, random_crop=True,
-                           trim=h.trim_silence, normalize_loudness=h.normalize_loudness, augment=self.augment)
+                           trim=h.trim_silence, normalize_loudness=h.normalize_loudness, augment=self.augment,
+                           n_labels=len(self.speakers))
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
+        if h.format == "shards":
+            return self._shard_dataloader()
         self._train_sampler = PKBatchSampler(
             self.train_labels, n_groups=h.n_speakers, n_per_group=h.n_per_speaker,
             subgroups=self.pseudo_labels, n_subgroups=h.n_clusters_per_speaker,
             batches_per_epoch=h.batches_per_epoch, seed=h.seed)
         return DataLoader(self.train_dataset(), batch_sampler=self._train_sampler, **self._loader_kwargs())
+
+    def _shard_dataloader(self) -> DataLoader:
+        """Streaming tar shards (WeSpeaker style): shuffled batches of P*K crops instead of P x K sampling.
+
+        Under DDP, write at least world_size x num_workers shards of equal size and cap steps per epoch
+        (trainer.limit_train_batches) so that every rank runs the same number of steps.
+        """
+        from datamodules.shards import ShardDataset
+
+        h = self.hparams
+        crop = self.train_dataset()  # reuse its crop/augment/label logic on streamed audio
+        index = {r.utt_id: i for i, r in enumerate(self.train_records)}
+
+        def transform(record: ClipRecord, wav):
+            if h.trim_silence:
+                wav = trim_silence(wav, h.sample_rate)
+            return crop.transform_loaded(index[record.utt_id], wav)
+
+        ds = ShardDataset(h.shards_dir, sample_rate=h.sample_rate, shuffle=True, shuffle_buffer=h.shuffle_buffer,
+                          seed=h.seed, transform=transform)
+        ds.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+        return DataLoader(ds, batch_size=h.n_speakers * h.n_per_speaker, drop_last=True, **self._loader_kwargs())
 
     def utterance_loader(self, records: Sequence[ClipRecord], batch_size: int | None = None) -> DataLoader:
         h = self.hparams

@@ -68,6 +68,15 @@ def check_targets(cfg: Any, path: str = "", extra_keys: dict[str, set[str]] | No
                 check_targets(node, f"{path}.{k}" if path else str(k), extra_keys)
 
 
+def check_required(cfg: DictConfig, keys: list[str]) -> None:
+    """`???` values left unset: name the key and say what it should be."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    for key in keys:
+        if key in missing:
+            hint = " (the folder where you unpacked the corpus; see FORMATS.md)" if key.endswith("root") else ""
+            raise ConfigError(f"{key} is required but not set: pass {key}=...{hint}")
+
+
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 

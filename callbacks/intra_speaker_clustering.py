@@ -1,0 +1,347 @@
+"""Pseudo-labels for contrastive training: k-means clusters of each speaker's own embeddings.
+
+Why (Ulgen et al., ICASSP 2024): within one speaker, speaker embeddings of unlabeled speech fall
+into clusters that follow emotion, so a speaker's clusters can stand in for emotion classes.
+
+Label assignment sees only (embeddings, speaker ids): `cluster_speakers` takes arrays, never
+records, so emotion labels cannot leak into the pseudo-labels. `emotion_agreement` (purity / NMI
+against emotion labels) is MONITORING ONLY and runs after the labels are fixed.
+
+Under DDP every rank embeds a disjoint shard of the training clips, the shards are all-gathered,
+rank 0 runs k-means and broadcasts the labels, so all ranks hold identical pseudo-labels.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import faiss
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+from sklearn.metrics import normalized_mutual_info_score, silhouette_score
+
+log = logging.getLogger(__name__)
+
+K_MODES = ("fixed", "silhouette")
+
+
+# ----- k-means per speaker (pure functions of embeddings and speaker ids) -----
+def use_faiss_gpu(use_gpu: bool | str) -> bool:
+    if use_gpu == "auto":
+        return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    if use_gpu and not (hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0):
+        raise RuntimeError("use_gpu=True but this faiss build sees no GPU (faiss-cpu installed?); use use_gpu='auto'")
+    return bool(use_gpu)
+
+
+def kmeans(x: np.ndarray, k: int, niter: int = 25, nredo: int = 3, seed: int = 0, gpu: bool = False,
+           init: str = "kmeans++") -> tuple[np.ndarray, np.ndarray]:
+    """faiss k-means of the rows of x: (assignments (N,), centroids (k, D))."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not 1 <= k <= len(x):
+        raise ValueError(f"kmeans: k={k} must be between 1 and the number of points ({len(x)})")
+    if k == 1:
+        return np.zeros(len(x), dtype=np.int64), x.mean(0, keepdims=True)
+    params: dict[str, Any] = {"niter": niter, "nredo": nredo, "seed": seed, "verbose": False,
+                              "min_points_per_centroid": 1, "max_points_per_centroid": 1 << 20, "gpu": gpu}
+    if init == "kmeans++" and hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS"):
+        params["init_method"] = faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
+    elif init not in ("random", "kmeans++"):
+        raise ValueError(f"kmeans init={init!r}: expected 'random' or 'kmeans++'")
+    km = faiss.Kmeans(x.shape[1], k, **params)
+    km.train(x)
+    _, assign = km.index.search(x, 1)
+    return assign[:, 0].astype(np.int64), km.centroids
+
+
+def merge_small_clusters(x: np.ndarray, assign: np.ndarray, min_size: int) -> np.ndarray:
+    """Move members of clusters smaller than min_size to the nearest remaining centroid; relabel 0..k'-1."""
+    assign = assign.copy()
+    while True:
+        ids, counts = np.unique(assign, return_counts=True)
+        if len(ids) <= 1 or counts.min() >= min_size:
+            break
+        small = ids[np.argmin(counts)]
+        keep = ids[ids != small]
+        centroids = np.stack([x[assign == c].mean(0) for c in keep])
+        members = np.flatnonzero(assign == small)
+        d = ((x[members, None, :] - centroids[None]) ** 2).sum(-1)
+        assign[members] = keep[d.argmin(1)]
+    _, relabelled = np.unique(assign, return_inverse=True)
+    return relabelled.astype(np.int64)
+
+
+def max_clusters_for(n: int, min_clips_per_cluster: int) -> int:
+    """Most clusters a speaker with n clips can have (1 for tiny speakers: one cluster, not sampled)."""
+    return max(1, n // max(1, min_clips_per_cluster))
+
+
+def cluster_one_speaker(x: np.ndarray, k: str, n_clusters: int, k_range: Sequence[int], niter: int, nredo: int,
+                        seed: int, min_clips_per_cluster: int, gpu: bool, init: str) -> tuple[np.ndarray, dict]:
+    n = len(x)
+    k_max = max_clusters_for(n, min_clips_per_cluster)
+    info: dict = {"n": n}
+    if k == "fixed":
+        k_use = min(int(n_clusters), k_max)
+        assign, _ = kmeans(x, k_use, niter, nredo, seed, gpu, init) if k_use > 1 else (np.zeros(n, np.int64), None)
+    else:
+        lo, hi = int(k_range[0]), int(k_range[1])
+        candidates = [c for c in range(lo, hi + 1) if c <= k_max and c <= n - 1]
+        best: tuple[float, np.ndarray] | None = None
+        scores = {}
+        for c in candidates:
+            a, _ = kmeans(x, c, niter, nredo, seed, gpu, init)
+            if len(np.unique(a)) < 2:
+                continue
+            s = float(silhouette_score(x, a))
+            scores[c] = round(s, 4)
+            if best is None or s > best[0]:
+                best = (s, a)
+        assign = best[1] if best is not None else np.zeros(n, np.int64)
+        info["silhouette"] = scores
+    if len(np.unique(assign)) > 1:
+        assign = merge_small_clusters(x, assign, min_clips_per_cluster)
+    info["k"] = int(len(np.unique(assign)))
+    return assign, info
+
+
+def cluster_speakers(embeddings: np.ndarray, speakers: Sequence, k: str = "fixed", n_clusters: int = 2,
+                     k_range: Sequence[int] = (2, 5), niter: int = 25, nredo: int = 3, seed: int = 0,
+                     min_clips_per_cluster: int = 2, use_gpu: bool | str = "auto",
+                     init: str = "kmeans++") -> tuple[np.ndarray, dict]:
+    """Cluster ids (within speaker) for every row, and per-speaker info ({speaker: {n, k, ...}}).
+
+    Takes only embeddings and speaker ids: pseudo-labels cannot depend on emotion labels.
+    """
+    if k not in K_MODES:
+        raise ValueError(f"clustering k={k!r}: expected one of {K_MODES}")
+    if len(k_range) != 2 or int(k_range[0]) < 2 or int(k_range[1]) < int(k_range[0]):
+        raise ValueError(f"clustering k_range={list(k_range)}: expected (low, high) with 2 <= low <= high")
+    if k == "fixed" and int(n_clusters) < 1:
+        raise ValueError(f"clustering n_clusters={n_clusters}: expected >= 1")
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    speakers = np.asarray(speakers)
+    if embeddings.ndim != 2 or len(embeddings) != len(speakers):
+        raise ValueError(f"cluster_speakers: embeddings {embeddings.shape} and {len(speakers)} speaker ids do not match")
+    if not np.all(np.isfinite(embeddings)):
+        raise ValueError(f"cluster_speakers: {int((~np.isfinite(embeddings)).any(1).sum())} embedding rows are not finite")
+    gpu = use_faiss_gpu(use_gpu)
+    labels = np.zeros(len(speakers), dtype=np.int64)
+    info: dict = {}
+    for s_i, spk in enumerate(sorted(set(speakers.tolist()))):
+        rows = np.flatnonzero(speakers == spk)
+        assign, spk_info = cluster_one_speaker(embeddings[rows], k, n_clusters, k_range, niter, nredo, seed + s_i,
+                                               min_clips_per_cluster, gpu, init)
+        labels[rows] = assign
+        info[spk] = spk_info
+    return labels, info
+
+
+# ----- monitoring only: agreement of clusters with emotion labels (never feeds back) -----
+def emotion_agreement(speakers: Sequence, clusters: Sequence[int], emotions: Sequence) -> dict[str, float]:
+    """Clip-weighted purity and NMI of within-speaker clusters against emotion labels.
+
+    purity: share of clips whose cluster's majority emotion is their own (computed per speaker);
+    nmi: mean over speakers (weighted by clips) of sklearn's NMI; speakers with one cluster or one
+    emotion are left out of the NMI (it is undefined there).
+    """
+    speakers, clusters, emotions = np.asarray(speakers), np.asarray(clusters), np.asarray(emotions, dtype=object)
+    if not (len(speakers) == len(clusters) == len(emotions)):
+        raise ValueError("emotion_agreement: speakers, clusters and emotions differ in length")
+    keep = np.array([e is not None for e in emotions])
+    speakers, clusters, emotions = speakers[keep], clusters[keep], emotions[keep].astype(str)
+    hits, nmi_sum, nmi_w = 0, 0.0, 0
+    for spk in np.unique(speakers):
+        m = speakers == spk
+        c, e = clusters[m], emotions[m]
+        for cl in np.unique(c):
+            _, counts = np.unique(e[c == cl], return_counts=True)
+            hits += int(counts.max())
+        if len(np.unique(c)) > 1 and len(np.unique(e)) > 1:
+            nmi_sum += m.sum() * normalized_mutual_info_score(e, c)
+            nmi_w += int(m.sum())
+    n = len(speakers)
+    return {"purity": hits / n if n else float("nan"), "nmi": nmi_sum / nmi_w if nmi_w else float("nan"),
+            "n_labelled": int(n)}
+
+
+def record_emotions(records: Sequence) -> list | None:
+    """Four-class label (else the corpus label) of each record for monitoring; None if no record has one."""
+    out = [getattr(r, "emotion4", None) or getattr(r, "emotion", None) for r in records]
+    return out if any(e is not None for e in out) else None
+
+
+# ----- embedding the training audio with the current encoder -----
+@torch.no_grad()
+def embed_records(pl_module: L.LightningModule, datamodule: Any, records: Sequence, batch_size: int | None = None,
+                  rank: int = 0, world_size: int = 1, all_gather=None) -> np.ndarray:
+    """Whole-utterance embeddings (N, E) of `records` in order; shards over ranks when world_size > 1."""
+    idx = np.arange(len(records))[rank::world_size]
+    shard = [records[i] for i in idx]
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        parts, order = [], []
+        for batch in datamodule.utterance_loader(shard, batch_size):
+            wavs = [w.to(pl_module.device) for w in batch["wavs"]]
+            emb, _ = pl_module.backbone.embed_utterances(wavs)
+            parts.append(emb.float())
+            order.append(batch["index"].to(pl_module.device))
+    finally:
+        pl_module.train(was_training)
+    dim = pl_module.backbone.embedding_dim
+    local = torch.cat(parts) if parts else torch.zeros(0, dim, device=pl_module.device)
+    local_idx = torch.as_tensor(idx, device=pl_module.device)[torch.cat(order)] if order else \
+        torch.zeros(0, dtype=torch.long, device=pl_module.device)
+    if world_size == 1:
+        out = torch.empty(len(records), local.shape[1], device=local.device)
+        out[local_idx] = local
+        return out.cpu().numpy()
+    n_max = -(-len(records) // world_size)
+    pad = n_max - len(local)
+    local = torch.cat([local, local.new_zeros(pad, local.shape[1])])
+    local_idx = torch.cat([local_idx, local_idx.new_full((pad,), -1)])
+    all_emb = all_gather(local).reshape(-1, local.shape[1])
+    all_idx = all_gather(local_idx).reshape(-1)
+    valid = all_idx >= 0
+    out = torch.empty(len(records), local.shape[1], device=local.device)
+    out[all_idx[valid]] = all_emb[valid]
+    return out.cpu().numpy()
+
+
+@dataclass
+class ClusteringRound:
+    epoch: int
+    seconds: float
+    embed_seconds: float
+    kmeans_seconds: float
+    mean_k: float
+    n_eligible_speakers: int
+    k_per_speaker: dict = field(default_factory=dict)
+    monitor: dict = field(default_factory=dict)
+
+
+class IntraSpeakerClustering(Callback):
+    """Re-cluster each training speaker's clips every `every_n_epochs` epochs (and before the first).
+
+    The datamodule must offer `train_records`, `utterance_loader(records, batch_size)` and
+    `set_pseudo_labels(clusters)` (datamodules.speaker_datamodule.SpeakerDataModule does).
+    every_n_epochs: 0 clusters once, at fit start.
+    k: "fixed" (n_clusters per speaker) or "silhouette" (best silhouette over k_range).
+    min_clips_per_cluster: speakers get at most n_clips // this many clusters, and k-means clusters
+        smaller than it are merged into their nearest neighbour.
+    monitor_emotions: after the labels are set, log purity/NMI against the records' emotion labels
+        (if any). Purely diagnostic: it never changes the labels.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, k: str = "fixed", n_clusters: int = 2, k_range: Sequence[int] = (2, 5),
+                 niter: int = 25, nredo: int = 3, seed: int = 0, min_clips_per_cluster: int = 2,
+                 use_gpu: bool | str = "auto", init: str = "kmeans++", batch_size: int | None = None,
+                 monitor_emotions: bool = True):
+        if k not in K_MODES:
+            raise ValueError(f"IntraSpeakerClustering k={k!r}: expected one of {K_MODES}")
+        if int(every_n_epochs) < 0:
+            raise ValueError(f"IntraSpeakerClustering every_n_epochs={every_n_epochs}: expected >= 0")
+        self.every_n_epochs, self.k, self.n_clusters, self.k_range = int(every_n_epochs), k, int(n_clusters), tuple(k_range)
+        self.niter, self.nredo, self.seed, self.min_clips_per_cluster = int(niter), int(nredo), int(seed), int(min_clips_per_cluster)
+        self.use_gpu, self.init, self.batch_size, self.monitor_emotions = use_gpu, init, batch_size, bool(monitor_emotions)
+        self.history: list[ClusteringRound] = []
+        self._fresh = False  # labels were computed with the current weights (fit start)
+
+    # ----- schedule -----
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning builds the train dataloader before on_fit_start (to count steps for the LR schedule),
+        # so the first labels must exist here for the first epoch to get P x C x K batches.
+        if stage != "fit":
+            return
+        pl_module.to(trainer.strategy.root_device)
+        self.recluster(trainer, pl_module)
+        self._fresh = True
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Resuming: the checkpoint's weights are loaded only after setup(); cluster again with them.
+        if trainer.ckpt_path:
+            self.recluster(trainer, pl_module)
+            self._fresh = True
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self._fresh:
+            self._fresh = False
+            return
+        if self.every_n_epochs and epoch > 0 and epoch % self.every_n_epochs == 0:
+            # The epoch's batch plan is drawn when its iterator starts, after this hook.
+            self.recluster(trainer, pl_module)
+
+    # ----- one round -----
+    def recluster(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ClusteringRound:
+        dm = trainer.datamodule
+        for attr in ("train_records", "utterance_loader", "set_pseudo_labels"):
+            if not hasattr(dm, attr):
+                raise TypeError(f"IntraSpeakerClustering needs a datamodule with `{attr}` (SpeakerDataModule); "
+                                f"got {type(dm).__name__}")
+        records = dm.train_records
+        if not records:
+            raise ValueError("IntraSpeakerClustering: the datamodule has no training records (was setup() called?)")
+        t0 = time.perf_counter()
+        strategy = trainer.strategy
+        world, rank = trainer.world_size, trainer.global_rank
+        emb = embed_records(pl_module, dm, records, self.batch_size, rank, world,
+                            all_gather=lambda t: strategy.all_gather(t))
+        t_embed = time.perf_counter() - t0
+        speakers = [r.speaker for r in records]  # the only record field label assignment reads
+        labels, info = None, None
+        if rank == 0:
+            labels, info = cluster_speakers(emb, speakers, self.k, self.n_clusters, self.k_range, self.niter,
+                                            self.nredo, self.seed, self.min_clips_per_cluster, self.use_gpu, self.init)
+        if world > 1:
+            labels, info = strategy.broadcast((labels, info), src=0)
+        t_total = time.perf_counter() - t0
+
+        ks = [v["k"] for v in info.values()]
+        hp = getattr(dm, "hparams", {})
+        n_sub, n_per_batch = int(hp.get("n_clusters_per_speaker", 2)), int(hp.get("n_speakers", 1))
+        eligible = sum(k >= n_sub for k in ks)
+        if eligible < n_per_batch:
+            raise ValueError(f"IntraSpeakerClustering: only {eligible} of {len(ks)} training speakers got at least "
+                             f"data.n_clusters_per_speaker={n_sub} clusters, but batches need data.n_speakers="
+                             f"{n_per_batch}; lower one of them, raise callbacks.clustering.n_clusters, or lower "
+                             f"min_clips_per_cluster={self.min_clips_per_cluster}")
+        dm.set_pseudo_labels(labels)
+        rnd = ClusteringRound(epoch=trainer.current_epoch, seconds=t_total, embed_seconds=t_embed,
+                              kmeans_seconds=t_total - t_embed, mean_k=float(np.mean(ks)), n_eligible_speakers=eligible,
+                              k_per_speaker={s: v["k"] for s, v in info.items()})
+        if self.monitor_emotions:
+            emotions = record_emotions(records)  # monitoring only: the labels above are already set
+            if emotions is not None:
+                rnd.monitor = emotion_agreement(speakers, labels, emotions)
+        self.history.append(rnd)
+        self._log(trainer, rnd)
+        return rnd
+
+    @rank_zero_only
+    def _log(self, trainer: L.Trainer, rnd: ClusteringRound) -> None:
+        metrics = {"cluster/seconds": rnd.seconds, "cluster/embed_seconds": rnd.embed_seconds,
+                   "cluster/kmeans_seconds": rnd.kmeans_seconds, "cluster/mean_k": rnd.mean_k,
+                   "cluster/eligible_speakers": float(rnd.n_eligible_speakers), "cluster/epoch": float(rnd.epoch)}
+        for key in ("purity", "nmi"):
+            if key in rnd.monitor:
+                metrics[f"cluster/{key}"] = float(rnd.monitor[key])
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=trainer.global_step)
+        mon = (f", emotion purity {rnd.monitor['purity']:.3f} NMI {rnd.monitor['nmi']:.3f} (monitoring only)"
+               if rnd.monitor else "")
+        log.info("clustering before epoch %d: mean k %.2f, %d speakers eligible, %.2fs (embed %.2fs, k-means %.2fs)%s",
+                 rnd.epoch, rnd.mean_k, rnd.n_eligible_speakers, rnd.seconds, rnd.embed_seconds, rnd.kmeans_seconds, mon)
+
+    # ----- checkpoint: keep the schedule's record (labels are recomputed at fit start anyway) -----
+    def state_dict(self) -> dict:
+        return {"rounds": [r.__dict__ for r in self.history]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [ClusteringRound(**r) for r in state_dict.get("rounds", [])]

@@ -1,0 +1,17 @@
+"""Score frozen embeddings with SVM / Sad-first / linear / detection heads under speaker-independent protocols.
+
+  python evaluate.py ckpt_path=logs/train/runs/.../checkpoints/last.ckpt
+  python evaluate.py backbone=ge2e data=emodb data.root=/data/emodb
+  python evaluate.py embeddings=path/to/embeddings.npz
+"""
+from utils.entrypoint import launch
+
+
+def main_task(cfg):
+    from utils.evaluating import evaluate
+
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    launch(main_task, "evaluate.yaml")
