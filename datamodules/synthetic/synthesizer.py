@@ -9,19 +9,20 @@ rather than a shortcut. Acoustics follow the classic source-filter model (Fant 1
   (period-halving + alternating amplitude);
 * filter: five cascaded 2nd-order formant resonators (Klatt 1980) whose targets come from
   Hillenbrand et al. (1995) vowels, scaled by the speaker's vocal-tract length and interpolated
-  through consonant loci; fricatives/bursts are band-shaped noise;
+  through consonant loci, plus a speaker-specific piriform-fossa antiresonance (Dang & Honda 1997);
+  fricatives/bursts are band-shaped noise;
 * prosody: CV(C) syllables grouped into words with pauses, an F0 contour with declination,
   per-syllable pitch accents and a final fall or rise.
 
 Time-varying filtering is done frame-wise in the frequency domain (weighted overlap-add with an
-analysis window only, hop = window/4), so a whole clip is a handful of FFTs; no per-sample Python.
+analysis window only, hop = window/2), so a whole clip is a handful of FFTs; no per-sample Python.
 Emotion effects (`EMOTION_RULES`) act relative to the speaker's own parameters, scaled by a
 random per-clip intensity and blurred by per-clip noise so classes overlap.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.fft as sp_fft
@@ -44,6 +45,7 @@ VOWEL_FORMANTS: dict[str, tuple[float, float, float, float, float]] = {
 }
 _VOWELS = tuple(VOWEL_FORMANTS)
 _BASE_BANDWIDTHS = np.array([70.0, 90.0, 130.0, 220.0, 300.0])
+_SCHWA = np.array([500.0, 1500.0])  # centre of the F1/F2 vowel space (male reference)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ CONSONANTS: dict[str, Consonant] = {
     "j": Consonant("approximant", True, (280, 2200, 3000)),
 }
 _CONSONANT_NAMES = tuple(CONSONANTS)
+_CODAS = tuple(name for name, c in CONSONANTS.items() if c.manner in ("nasal", "fricative"))
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,10 @@ class SpeakerProfile:
 class EmotionRule:
     """How an emotion moves a speaker's parameters (additive in log/semitone/dB domains, else multiplicative).
 
-    Directions follow Scherer (2003, Table 3 / "Vocal communication of emotion") and Juslin &
-    Laukka (2003, Table 7); magnitudes are chosen to be clearly audible but smaller than the
-    spread between speakers, so emotion is only recognisable relative to how a voice usually sounds.
+    Directions follow the reviews of Scherer (2003) and Juslin & Laukka (2003); voice-quality choices
+    follow Gobl & Ni Chasaide (2003) and Tartter (1980, smiled speech). Magnitudes are comparable to the
+    spread between speakers, so some cues (F0 level above all) only tell the emotion relative to the
+    speaker's own baseline. Each clip scales the whole rule by a random intensity in [0.5, 1.3].
     """
 
     f0_shift_st: float = 0.0
@@ -119,6 +123,8 @@ class EmotionRule:
     formant_scale: float = 1.0  # all formants (lip spreading in smiled speech raises them)
     f1_scale: float = 1.0  # jaw opening in high-arousal speech raises F1
     pause_scale: float = 1.0  # probability/length of inter-word pauses
+    articulation_db: float = 0.0  # consonant (frication/burst) level vs vowels: precise > 0, slurred < 0
+    vowel_space: float = 1.0  # F1/F2 distance of vowel targets from schwa: hyper- (>1) vs hypo-articulation (<1)
     final_contour: float = -0.5  # F0 movement across the last vowel, in units of the F0 range (>0 = rise)
     creak: float = 0.0  # probability that a vowel ends in creaky voice
     tremor_st: float = 0.0  # depth of a 5-7 Hz F0 tremor
@@ -128,21 +134,22 @@ EMOTION_RULES: dict[str, EmotionRule] = {
     "neutral": EmotionRule(),
     "angry": EmotionRule(f0_shift_st=4.0, f0_range_scale=1.5, tempo_scale=1.18, energy_db=8.0, tilt_db_per_oct=4.0,
                          open_quotient_shift=-0.12, breathiness_scale=0.5, jitter_scale=1.3, shimmer_scale=1.2,
-                         f1_scale=1.08, pause_scale=0.7, final_contour=-0.6),
+                         f1_scale=1.08, pause_scale=0.7, articulation_db=3.0, vowel_space=1.1, final_contour=-0.6),
     "happy": EmotionRule(f0_shift_st=4.0, f0_range_scale=1.8, tempo_scale=1.15, energy_db=4.0, tilt_db_per_oct=1.5,
                          open_quotient_shift=-0.04, breathiness_scale=0.9, formant_scale=1.04, f1_scale=1.03,
-                         pause_scale=0.8, final_contour=-0.3),
+                         pause_scale=0.8, articulation_db=1.0, vowel_space=1.05, final_contour=-0.3),
     "sad": EmotionRule(f0_shift_st=-2.0, f0_range_scale=0.5, tempo_scale=0.72, energy_db=-6.0, tilt_db_per_oct=-3.5,
                        open_quotient_shift=0.12, breathiness_scale=2.2, jitter_scale=1.3, shimmer_scale=1.3,
-                       formant_scale=0.98, f1_scale=0.95, pause_scale=1.8, final_contour=-0.6),
+                       formant_scale=0.98, f1_scale=0.95, pause_scale=1.8, articulation_db=-4.0, vowel_space=0.8,
+                       final_contour=-0.6),
     "fear": EmotionRule(f0_shift_st=5.0, f0_range_scale=0.8, tempo_scale=1.25, energy_db=1.0, tilt_db_per_oct=0.5,
                         open_quotient_shift=0.08, breathiness_scale=1.8, jitter_scale=2.5, shimmer_scale=1.5,
-                        pause_scale=1.2, final_contour=-0.2, tremor_st=0.6),
+                        pause_scale=1.2, vowel_space=0.95, final_contour=-0.2, tremor_st=0.6),
     "disgust": EmotionRule(f0_shift_st=-2.5, f0_range_scale=0.9, tempo_scale=0.8, energy_db=-2.0, tilt_db_per_oct=-1.5,
                            open_quotient_shift=-0.05, jitter_scale=2.5, shimmer_scale=2.5, pause_scale=1.3,
-                           final_contour=-0.8, creak=0.5),
+                           articulation_db=-1.0, vowel_space=0.9, final_contour=-0.8, creak=0.5),
     "surprise": EmotionRule(f0_shift_st=4.0, f0_range_scale=1.8, energy_db=3.0, tilt_db_per_oct=1.0,
-                            breathiness_scale=1.2, final_contour=1.2),
+                            breathiness_scale=1.2, articulation_db=1.0, vowel_space=1.05, final_contour=1.2),
 }
 assert set(EMOTION_RULES) == set(ALL_EMOTIONS)
 
@@ -165,11 +172,11 @@ def sample_speaker(rng: np.random.Generator, speaker_id: str, gender: str) -> Sp
         bandwidth_scale=float(math.exp(rng.normal(0.0, 0.25))),
         tilt_db_per_oct=float(rng.normal(0.0, 1.2)),
         open_quotient=float(rng.uniform(0.55, 0.7) if female else rng.uniform(0.45, 0.6)),
-        breathiness=float(math.exp(rng.normal(math.log(0.25 if female else 0.15), 0.4))),
+        breathiness=float(math.exp(rng.normal(math.log(0.12 if female else 0.08), 0.4))),
         jitter=float(rng.uniform(0.004, 0.012)),
         shimmer=float(rng.uniform(0.03, 0.08)),
         syllable_rate=float(rng.uniform(4.2, 5.8)),
-        loudness_db=float(rng.normal(0.0, 1.0)),
+        loudness_db=float(rng.normal(0.0, 1.5)),
     )
 
 
@@ -177,15 +184,15 @@ def sample_speaker(rng: np.random.Generator, speaker_id: str, gender: str) -> Sp
 class _Tracks:
     """Piecewise-linear control tracks, filled phone by phone."""
 
-    voice: list  # (t, level) anchors
-    fric: list
-    asp: list
-    nasal: list
-    creak: list
-    formants: list  # (t, F1..F5)
-    noise_bands: list  # (t_mid, center_hz, bandwidth_hz)
-    accents: list  # (t_center, height_st, width_s)
-    vowels: list  # (start, end)
+    voice: list = field(default_factory=list)  # (t, level) anchors of the voicing amplitude
+    fric: list = field(default_factory=list)  # frication / burst noise amplitude
+    asp: list = field(default_factory=list)  # aspiration after voiceless plosives
+    nasal: list = field(default_factory=list)  # nasal murmur weight
+    creak: list = field(default_factory=list)  # creaky-voice weight
+    formants: list = field(default_factory=list)  # (t, F1..F5 array)
+    noise_bands: list = field(default_factory=list)  # (t_mid, center_hz, bandwidth_hz)
+    accents: list = field(default_factory=list)  # (t_center, height in units of the F0 range, width_s)
+    vowels: list = field(default_factory=list)  # (start, end)
 
     def level(self, a: float, b: float, voice=0.0, fric=0.0, asp=0.0, nasal=0.0, ramp=0.012) -> None:
         r = min(ramp, (b - a) / 3.0)
@@ -208,6 +215,8 @@ class _ClipParams:
     formant_scale: np.ndarray  # (5,)
     bandwidth_scale: float
     pause_scale: float
+    articulation_db: float
+    vowel_space: float
     final_contour: float
     creak: float
     tremor_st: float
@@ -218,11 +227,11 @@ def _clip_params(speaker: SpeakerProfile, rule: EmotionRule, intensity: float, r
     fscale = speaker.vtl_factor * np.asarray(speaker.formant_offsets) * rule.formant_scale ** k
     fscale[0] *= rule.f1_scale ** k
     return _ClipParams(
-        f0_shift_st=k * rule.f0_shift_st + rng.normal(0.0, 0.8),
+        f0_shift_st=k * rule.f0_shift_st + rng.normal(0.0, 1.0),
         f0_range_st=speaker.f0_range_st * rule.f0_range_scale ** k * math.exp(rng.normal(0.0, 0.15)),
         syllable_rate=speaker.syllable_rate * rule.tempo_scale ** k * math.exp(rng.normal(0.0, 0.07)),
-        energy_db=speaker.loudness_db + k * rule.energy_db + rng.normal(0.0, 1.0),
-        tilt_db_per_oct=speaker.tilt_db_per_oct + k * rule.tilt_db_per_oct + rng.normal(0.0, 0.6),
+        energy_db=speaker.loudness_db + k * rule.energy_db + rng.normal(0.0, 1.5),
+        tilt_db_per_oct=speaker.tilt_db_per_oct + k * rule.tilt_db_per_oct + rng.normal(0.0, 1.0),
         open_quotient=float(np.clip(speaker.open_quotient + k * rule.open_quotient_shift + rng.normal(0.0, 0.03), 0.3, 0.85)),
         breathiness=speaker.breathiness * rule.breathiness_scale ** k * math.exp(rng.normal(0.0, 0.2)),
         jitter=speaker.jitter * rule.jitter_scale ** k * math.exp(rng.normal(0.0, 0.15)),
@@ -230,6 +239,8 @@ def _clip_params(speaker: SpeakerProfile, rule: EmotionRule, intensity: float, r
         formant_scale=fscale,
         bandwidth_scale=speaker.bandwidth_scale,
         pause_scale=rule.pause_scale ** k,
+        articulation_db=k * rule.articulation_db,
+        vowel_space=rule.vowel_space ** k,
         final_contour=rule.final_contour + rng.normal(0.0, 0.2),
         creak=min(1.0, rule.creak * k),
         tremor_st=rule.tremor_st * k,
@@ -238,16 +249,16 @@ def _clip_params(speaker: SpeakerProfile, rule: EmotionRule, intensity: float, r
 
 def _plan(duration: float, p: _ClipParams, rng: np.random.Generator) -> _Tracks:
     """Lay out silence, words of CV(C) syllables and pauses on the time axis."""
-    tr = _Tracks([], [], [], [], [], [], [], [], [])
+    tr = _Tracks()
     ds = 5.0 / p.syllable_rate  # base durations below are for 5 syllables/s
-    t = float(rng.uniform(0.05, 0.2))
-    end = duration - float(rng.uniform(0.08, 0.2))
+    t = min(float(rng.uniform(0.05, 0.2)), 0.15 * duration)  # leading silence
+    end = duration - min(float(rng.uniform(0.08, 0.2)), 0.15 * duration)  # before trailing silence
     tr.level(0.0, t)
     tr.creak.append((0.0, 0.0))
     fs = p.formant_scale
 
     def consonant(c: Consonant, t0: float, v_formants: np.ndarray) -> float:
-        locus = np.array(c.locus + (v_formants[3] / fs[3], v_formants[4] / fs[4])) * fs
+        locus = np.concatenate([np.array(c.locus) * fs[:3], v_formants[3:]])  # F4/F5 follow the vowel
         # Locus equation: formant onsets move part of the way from the vowel target towards the locus.
         onset = v_formants + 0.6 * (locus - v_formants)
         if c.manner == "plosive":
@@ -276,21 +287,24 @@ def _plan(duration: float, p: _ClipParams, rng: np.random.Generator) -> _Tracks:
         tr.formants.append((t1, onset))
         return t1
 
-    n_syll = 0
-    while t < end:
-        n_words_syll = int(rng.integers(1, 4))
-        for i in range(n_words_syll):
+    n_syll, full = 0, False
+    while not full and (t < end or n_syll == 0):
+        word_length = int(rng.integers(1, 4))
+        for i in range(word_length):
             vowel = _VOWELS[int(rng.integers(len(_VOWELS)))]
-            v_formants = np.array(VOWEL_FORMANTS[vowel]) * fs
+            v_formants = np.array(VOWEL_FORMANTS[vowel], dtype=np.float64)
+            v_formants[:2] = _SCHWA + p.vowel_space * (v_formants[:2] - _SCHWA)
+            v_formants *= fs
             accented = rng.random() < 0.4 or n_syll == 0
-            word_final = i == n_words_syll - 1
+            word_final = i == word_length - 1
             v_dur = rng.uniform(0.09, 0.15) * ds * (1.3 if accented else 1.0) * (1.25 if word_final else 1.0)
             c = CONSONANTS[_CONSONANT_NAMES[int(rng.integers(len(CONSONANTS)))]] if rng.random() < 0.8 else None
             c_est = 0.11 * ds if c is not None else 0.0
             if t + c_est + v_dur > end:
                 if n_syll > 0:
+                    full = True
                     break
-                v_dur = max(0.05, end - t - c_est)
+                v_dur = max(0.05, end - t - c_est)  # always at least one syllable
             t_v = consonant(c, t, v_formants) if c is not None else t
             a, b = t_v, t_v + v_dur
             tr.level(a, b, voice=1.0 if accented else 0.8, ramp=0.02)
@@ -299,26 +313,22 @@ def _plan(duration: float, p: _ClipParams, rng: np.random.Generator) -> _Tracks:
             tr.vowels.append((a, b))
             if accented:
                 tr.accents.append(((a + b) / 2, float(rng.uniform(0.6, 1.0)), 0.35 * v_dur + 0.03))
-            if p.creak > 0 and rng.random() < p.creak:
-                tr.creak.append((a + 0.5 * v_dur, 0.0))
-                tr.creak.append((b, 1.0))
-                tr.creak.append((b + 0.01, 0.0))
-            # Coda consonant sometimes closes the syllable.
+            if p.creak > 0 and rng.random() < p.creak:  # vowel ends in creak
+                tr.creak += [(a + 0.5 * v_dur, 0.0), (b, 1.0), (b + 0.01, 0.0)]
             t = b
-            if c is not None and rng.random() < 0.2 and c.manner in ("nasal", "fricative"):
+            if rng.random() < 0.2:  # a nasal or fricative coda closes the syllable
+                coda = CONSONANTS[_CODAS[int(rng.integers(len(_CODAS)))]]
                 d = rng.uniform(0.05, 0.08) * ds
-                tr.level(t, t + d, voice=0.4 if c.voiced else 0.0, fric=c.noise_level, nasal=float(c.manner == "nasal"))
-                if c.manner == "fricative":
-                    tr.noise_bands.append((t + d / 2, c.noise_center_hz, c.noise_bandwidth_hz))
+                tr.level(t, t + d, voice=0.4 if coda.voiced else 0.0, fric=coda.noise_level,
+                         nasal=float(coda.manner == "nasal"))
+                if coda.manner == "fricative":
+                    tr.noise_bands.append((t + d / 2, coda.noise_center_hz, coda.noise_bandwidth_hz))
                 t += d
             n_syll += 1
-        else:
-            if rng.random() < min(0.9, 0.3 * p.pause_scale):
-                pause = rng.uniform(0.08, 0.22) * p.pause_scale * ds
-                tr.level(t, t + pause)
-                t += pause
-            continue
-        break
+        if not full and rng.random() < min(0.9, 0.3 * p.pause_scale):  # pause between words
+            pause = rng.uniform(0.08, 0.22) * p.pause_scale * ds
+            tr.level(t, t + pause)
+            t += pause
     tr.level(t, max(duration, t + 0.02))
     return tr
 
@@ -459,7 +469,7 @@ def synthesize_clip(speaker: SpeakerProfile, emotion: str, duration_s: float, sa
         raise ValueError(f"synthesize_clip: unknown emotion {emotion!r}; expected one of {ALL_EMOTIONS}")
     if duration_s < 0.3:
         raise ValueError(f"synthesize_clip: duration_s={duration_s} is too short; expected >= 0.3 s")
-    intensity = float(rng.uniform(0.7, 1.3)) if emotion != "neutral" else 0.0
+    intensity = float(rng.uniform(0.5, 1.3)) if emotion != "neutral" else 0.0
     p = _clip_params(speaker, EMOTION_RULES[emotion], intensity, rng)
     tr = _plan(duration_s, p, rng)
 
@@ -517,7 +527,8 @@ def synthesize_clip(speaker: SpeakerProfile, emotion: str, duration_s: float, sa
 
 def _noise_bands(voiced_spectrum: np.ndarray, tr: _Tracks, frame_t: np.ndarray, freqs: np.ndarray, p: _ClipParams,
                  n_win: int, sample_rate: int) -> np.ndarray:
-    """Per-frame frication/burst spectral shape, scaled so a full-level fricative sits 6 dB below the vowels.
+    """Per-frame frication/burst spectral shape; a full-level fricative sits 6 dB below the vowels, moved by
+    the emotion's articulation effort.
 
     The vowel level is measured on the voiced frames' spectra (Parseval), so voiced and noise paths share one
     inverse FFT.
@@ -532,6 +543,6 @@ def _noise_bands(voiced_spectrum: np.ndarray, tr: _Tracks, frame_t: np.ndarray, 
     width = np.array([b[2] for b in tr.noise_bands])[nearest] * scale
     band = np.exp(-0.5 * ((freqs[None, :] - centre[:, None]) / width[:, None]) ** 2) + 0.03
     # White noise through a Hann frame has expected bin power sum(w^2) = 0.375 * n_win; normalise to unit gain.
-    band *= math.sqrt(vowel_energy / (n_win * 0.375 * freqs.size)) * 10.0 ** (-6.0 / 20.0) / np.sqrt(
+    band *= math.sqrt(vowel_energy / (n_win * 0.375 * freqs.size)) * 10.0 ** ((-6.0 + p.articulation_db) / 20.0) / np.sqrt(
         np.mean(band ** 2, axis=1, keepdims=True))
     return band.astype(np.float32)
