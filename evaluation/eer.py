@@ -31,12 +31,19 @@ def compute_eer(scores, labels) -> float:
 
 def pairwise_trials(embeddings: np.ndarray, speakers, max_pairs: int | None = None, seed: int = 0):
     """All (or a seeded sample of) unordered pairs: cosine scores and same-speaker labels."""
-    e = np.asarray(embeddings, dtype=np.float64)
+    e = np.asarray(embeddings, dtype=np.float32)
     e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
     spk = np.asarray(speakers)
-    i, j = np.triu_indices(len(e), k=1)
-    if max_pairs is not None and len(i) > max_pairs:
-        sel = np.random.default_rng(seed).choice(len(i), size=max_pairs, replace=False)
-        i, j = i[sel], j[sel]
-    scores = np.einsum("nd,nd->n", e[i], e[j])
+    n = len(e)
+    n_pairs = n * (n - 1) // 2
+    if max_pairs is not None and n_pairs > max_pairs:
+        # Sample pair ranks without materialising all n^2/2 index pairs, then unrank them.
+        r = np.sort(np.random.default_rng(seed).choice(n_pairs, size=max_pairs, replace=False))
+        i = (n - 2 - np.floor(np.sqrt(-8 * r + 4 * n * (n - 1) - 7) / 2 - 0.5)).astype(np.int64)
+        j = (r + i + 1 - n * (n - 1) // 2 + (n - i) * ((n - i) - 1) // 2).astype(np.int64)
+    else:
+        i, j = np.triu_indices(n, k=1)
+    scores = np.empty(len(i), dtype=np.float64)
+    for s in range(0, len(i), 1_000_000):  # chunked: bounded memory for large sets
+        scores[s : s + 1_000_000] = np.einsum("nd,nd->n", e[i[s : s + 1_000_000]], e[j[s : s + 1_000_000]])
     return scores, (spk[i] == spk[j]).astype(np.int64), i, j

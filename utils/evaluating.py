@@ -129,7 +129,8 @@ def evaluate(cfg: DictConfig) -> dict:
     logger_fn = (lambda d: [lg.log_metrics(d) for lg in loggers]) if loggers else None
     from evaluation.run_heads import run_evaluation
 
-    svm = {"C": e.svm_C, "gamma": e.svm_gamma, "grid_search": e.grid_search, "nystroem_above": e.nystroem_above}
+    svm = {"C": e.svm_C, "gamma": e.svm_gamma, "nystroem_threshold": e.nystroem_above,
+           "param_grid": OmegaConf.to_container(e.param_grid, resolve=True) if e.grid_search else None}
     head_kwargs = {"svm": dict(svm), "sad_first": dict(svm)}
     results = run_evaluation(emb_set, heads=list(e.heads), protocol=e.protocol, n_folds=e.n_folds, seed=cfg.seed,
                              balancing=e.balancing, head_kwargs=head_kwargs, out_dir=out_dir, logger_fn=logger_fn)

@@ -1,0 +1,180 @@
+"""Extracted embeddings plus their labels, as one validated object and one `.npz` file.
+
+Every evaluation (classifier heads, verification analysis) reads an `EmbeddingSet`, so the
+checks live here once: a silently misaligned label array would corrupt every number downstream.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+# Official-split values the protocols understand; anything else must be mapped by the extractor.
+VALID_SPLITS = ("train", "test")
+_OPTIONAL = ("split", "session", "utt_id")
+
+
+def _as_str_array(values, name: str) -> np.ndarray:
+    """Unicode array (never object dtype) so that `np.load(allow_pickle=False)` can read it back."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"EmbeddingSet.{name} must be 1-D, got shape {arr.shape}")
+    if arr.dtype.kind == "U":
+        return arr
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise ValueError(f"EmbeddingSet.{name}: float labels must be whole numbers, got e.g. {arr[:3].tolist()}")
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind == "O" and any(v is None for v in arr):
+        n = sum(v is None for v in arr)
+        raise ValueError(f"EmbeddingSet.{name}: {n} value(s) are None (first at row {[v is None for v in arr].index(True)})")
+    return arr.astype(str)
+
+
+@dataclass
+class EmbeddingSet:
+    """N clips: `embeddings` (N, D) float32 and per-clip labels as unicode arrays.
+
+    `emotion` ints are kept as their decimal strings ("0", "1", ...) so labels have one type.
+    """
+
+    embeddings: np.ndarray
+    emotion: np.ndarray
+    speaker: np.ndarray
+    split: Optional[np.ndarray] = None
+    session: Optional[np.ndarray] = None
+    utt_id: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
+        self.emotion = _as_str_array(self.emotion, "emotion")
+        self.speaker = _as_str_array(self.speaker, "speaker")
+        for name in _OPTIONAL:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, _as_str_array(value, name))
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0]) if self.embeddings.ndim >= 1 else 0
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.emotion.tolist()))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The present arrays by field name (absent optional fields left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def subset(self, idx) -> "EmbeddingSet":
+        idx = np.asarray(idx)
+        return EmbeddingSet(**{name: arr[idx] for name, arr in self.arrays().items()})
+
+    def validate(self) -> "EmbeddingSet":
+        """Raise ValueError naming the offending array/rows; returns self so calls can chain."""
+        if self.embeddings.ndim != 2:
+            raise ValueError(f"EmbeddingSet.embeddings must be 2-D (N, D), got shape {self.embeddings.shape}")
+        n = self.embeddings.shape[0]
+        if n == 0:
+            raise ValueError("EmbeddingSet is empty: 0 rows")
+        if self.embeddings.shape[1] == 0:
+            raise ValueError("EmbeddingSet.embeddings has 0 columns (D == 0)")
+        lengths = {name: len(arr) for name, arr in self.arrays().items()}
+        if len(set(lengths.values())) != 1:
+            described = ", ".join(f"{k}={v}" for k, v in lengths.items())
+            raise ValueError(f"EmbeddingSet arrays differ in length: {described}")
+        bad_rows = np.flatnonzero(~np.all(np.isfinite(self.embeddings), axis=1))
+        if bad_rows.size:
+            raise ValueError(
+                f"EmbeddingSet.embeddings has {bad_rows.size} row(s) with NaN/inf, e.g. rows {bad_rows[:10].tolist()}"
+                + (f" (utt_id {self.utt_id[bad_rows[:10]].tolist()})" if self.utt_id is not None else "")
+            )
+        empty_spk = np.flatnonzero(np.char.str_len(np.char.strip(self.speaker)) == 0)
+        if empty_spk.size:
+            raise ValueError(f"EmbeddingSet.speaker is empty for {empty_spk.size} row(s), e.g. rows {empty_spk[:10].tolist()}")
+        empty_emo = np.flatnonzero(np.char.str_len(np.char.strip(self.emotion)) == 0)
+        if empty_emo.size:
+            raise ValueError(f"EmbeddingSet.emotion is empty for {empty_emo.size} row(s), e.g. rows {empty_emo[:10].tolist()}")
+        if self.split is not None:
+            unknown = sorted(set(self.split.tolist()) - set(VALID_SPLITS))
+            if unknown:
+                raise ValueError(f"EmbeddingSet.split has unknown value(s) {unknown}; expected only {list(VALID_SPLITS)}")
+        return self
+
+
+def save_npz(emb_set: EmbeddingSet, path: str | Path) -> Path:
+    """Write atomically (tmp file + rename) so a crashed extraction never leaves a half file."""
+    emb_set.validate()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:  # a file handle stops numpy from appending ".npz"
+        np.savez(f, **emb_set.arrays())
+    tmp.replace(path)
+    return path
+
+
+def load_npz(path: str | Path) -> EmbeddingSet:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"embeddings file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except ValueError as e:  # object arrays need pickle: refuse rather than execute code
+        raise ValueError(f"{path}: cannot load without pickle ({e}); save labels as unicode (<U) arrays") from e
+    allowed = {f.name for f in fields(EmbeddingSet)}
+    missing = [k for k in ("embeddings", "emotion", "speaker") if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing array(s) {missing}; file holds {sorted(arrays)}")
+    unknown = sorted(set(arrays) - allowed)
+    if unknown:
+        raise ValueError(f"{path}: unknown array(s) {unknown}; expected a subset of {sorted(allowed)}")
+    try:
+        return EmbeddingSet(**arrays).validate()
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def filter_labels(emb_set: EmbeddingSet, classes: Iterable[str]) -> tuple[EmbeddingSet, dict[str, int]]:
+    """Keep rows whose emotion is in `classes`; return the kept set and {dropped label: rows removed}."""
+    classes = [str(c) for c in classes]
+    present = Counter(emb_set.emotion.tolist())
+    absent = [c for c in classes if c not in present]
+    if absent:
+        raise ValueError(f"filter_labels: class(es) {absent} not present; present labels: {dict(sorted(present.items()))}")
+    keep = np.isin(emb_set.emotion, classes)
+    dropped = {label: n for label, n in sorted(present.items()) if label not in classes}
+    return emb_set.subset(np.flatnonzero(keep)), dropped
+
+
+def synthetic_set(
+    n_speakers: int = 10,
+    clips_per_speaker: int = 40,
+    classes: Sequence[str] = ("angry", "happy", "neutral", "sad"),
+    dim: int = 32,
+    separation: float = 1.0,
+    speaker_scale: float = 1.0,
+    n_sessions: int | None = None,
+    seed: int = 0,
+) -> EmbeddingSet:
+    """Gaussian clusters for tests and benchmarks: emotion mean (scaled by `separation`; 0 makes
+    emotion unpredictable) + speaker offset + unit noise, L2-normalised like real speaker embeddings.
+    Speakers get clips of every class in turn; with `n_sessions`, speakers are dealt to sessions."""
+    rng = np.random.default_rng(seed)
+    class_means = rng.normal(size=(len(classes), dim)) * separation
+    speaker_means = rng.normal(size=(n_speakers, dim)) * speaker_scale
+    spk = np.repeat(np.arange(n_speakers), clips_per_speaker)
+    emo = np.tile(np.arange(clips_per_speaker) % len(classes), n_speakers)
+    x = class_means[emo] + speaker_means[spk] + rng.normal(size=(len(spk), dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    session = None if n_sessions is None else np.array([f"s{k % n_sessions + 1}" for k in spk])
+    return EmbeddingSet(
+        embeddings=x.astype(np.float32),
+        emotion=np.asarray(classes)[emo],
+        speaker=np.array([f"spk{k:03d}" for k in spk]),
+        session=session,
+        utt_id=np.array([f"u{k:06d}" for k in range(len(spk))]),
+    )

@@ -1,0 +1,209 @@
+"""Pretrained GE2E speaker encoder (Resemblyzer's weights) re-hosted in our own modules.
+
+Resemblyzer ships a real 3-layer LSTM speaker encoder trained with the GE2E loss. We reproduce
+its exact pipeline without librosa at run time: volume normalisation to -30 dBFS (increase
+only), a 40-band power mel spectrogram (25 ms Hann window, 10 ms hop, centred, zero padding,
+Slaney mel scale and norm as librosa's defaults), the LSTM, ReLU(linear(last hidden state)) and
+L2 normalisation. Whole utterances are embedded like `VoiceEncoder.embed_utterance`: 160-frame
+partials every `round(16000 / rate / 160)` frames, the mel computed once over the (zero-padded)
+whole utterance and then sliced, the last partial kept when it is at least `min_coverage` full.
+
+`embed(wav)` treats each row of (B, S) as one partial (volume-normalised on its own);
+`embed_utterances` normalises each whole utterance first, as Resemblyzer does. `frames(wav)` returns
+the top LSTM layer's per-frame outputs (B, 1 + S // 160, 256) for frame-level objectives.
+Weights are read with `torch.load(weights_only=True)` from the installed wheel (its optimiser
+state is ignored), or from `weights_path`; nothing is downloaded.
+
+Given the same preprocessed waveform, `embed_utterances` matches
+`VoiceEncoder.embed_utterance(preprocess_wav(...))` to cosine > 0.9999 (see the tests and
+BENCHMARKS.md). Resemblyzer's webrtcvad silence trimming is not part of the module by default;
+`vad_trim=True` applies Resemblyzer's own `trim_long_silences` to whole utterances (needs the
+resemblyzer package at run time).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchaudio.functional as AF
+from torch import Tensor, nn
+
+from lightning_modules.backbones.base import Backbone
+
+_INT16_MAX = 2**15 - 1
+
+
+def resemblyzer_weights_path() -> Path:
+    """Location of the weights shipped inside the installed resemblyzer wheel (no network)."""
+    spec = importlib.util.find_spec("resemblyzer")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "backbone=ge2e with pretrained=true needs Resemblyzer's weights: `pip install resemblyzer` "
+            "(the wheel ships pretrained.pt) or set backbone.weights_path to a copy of pretrained.pt.")
+    return Path(next(iter(spec.submodule_search_locations))) / "pretrained.pt"
+
+
+def normalize_volume(wav: Tensor, target_dbfs: float = -30.0) -> Tensor:
+    """Resemblyzer's `normalize_volume(..., increase_only=True)` on each row of (B, S); silent rows untouched."""
+    rms = (wav.double() * _INT16_MAX).pow(2).mean(dim=-1, keepdim=True).sqrt()
+    dbfs = 20 * torch.log10(rms / _INT16_MAX)
+    gain = torch.where(rms > 0, torch.pow(10.0, (target_dbfs - dbfs) / 20).clamp_min(1.0), torch.ones_like(rms))
+    return wav * gain.to(wav.dtype)
+
+
+class GE2EBackbone(Backbone):
+    sample_rate = 16000
+    embedding_dim = 256
+    frame_dim = 256
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        pretrained: bool = True,
+        weights_path: str | None = None,
+        normalize_volume: bool = True,
+        target_dbfs: float = -30.0,
+        vad_trim: bool = False,
+        window_seconds: float = 1.6,
+        window_hop_seconds: float = 0.77,
+        min_coverage: float = 0.75,
+        n_mels: int = 40,
+        hidden_size: int = 256,
+        num_layers: int = 3,
+        mel_window_ms: float = 25.0,
+        mel_hop_ms: float = 10.0,
+    ):
+        super().__init__()
+        if sample_rate != self.sample_rate:
+            raise ValueError(f"backbone.sample_rate={sample_rate}: the pretrained GE2E encoder works at 16000 Hz only "
+                             "(the datamodule resamples to the backbone's rate)")
+        if not 0 < min_coverage <= 1:
+            raise ValueError(f"backbone.min_coverage must be in (0, 1], got {min_coverage}")
+        self.do_normalize_volume = normalize_volume
+        self.target_dbfs = target_dbfs
+        self.vad_trim = vad_trim
+        self.min_coverage = min_coverage
+        self.n_fft = int(self.sample_rate * mel_window_ms / 1000)
+        self.hop = int(self.sample_rate * mel_hop_ms / 1000)
+        # Window lengths are whole mel frames, as in Resemblyzer (160 frames = 1.6 s; hop 77 = rate 1.3/s).
+        self.partial_frames = round(window_seconds * self.sample_rate / self.hop)
+        self.partial_hop_frames = round(window_hop_seconds * self.sample_rate / self.hop)
+        if not 0 < self.partial_hop_frames <= self.partial_frames:
+            raise ValueError(f"backbone.window_hop_seconds={window_hop_seconds} must be in (0, window_seconds={window_seconds}]")
+        self.window_seconds = self.partial_frames * self.hop / self.sample_rate
+        self.window_hop_seconds = self.partial_hop_frames * self.hop / self.sample_rate
+
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        fbank = AF.melscale_fbanks(self.n_fft // 2 + 1, 0.0, self.sample_rate / 2, n_mels, self.sample_rate,
+                                   norm="slaney", mel_scale="slaney")
+        self.register_buffer("mel_fbank", fbank, persistent=False)  # (n_freqs, n_mels)
+
+        self.lstm = nn.LSTM(n_mels, hidden_size, num_layers, batch_first=True)
+        self.linear = nn.Linear(hidden_size, self.embedding_dim)
+        if pretrained:
+            self.load_resemblyzer_weights(weights_path)
+
+    # ----- weights -----
+    def load_resemblyzer_weights(self, weights_path: str | None = None) -> None:
+        path = Path(weights_path) if weights_path else resemblyzer_weights_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"GE2E weights not found at {path} (backbone.weights_path); expected Resemblyzer's pretrained.pt")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = checkpoint.get("model_state", checkpoint) if isinstance(checkpoint, dict) else None
+        if not isinstance(state, dict):
+            raise TypeError(f"{path}: expected a dict with 'model_state' (Resemblyzer format), got {type(checkpoint).__name__}")
+        ours = {k: v for k, v in state.items() if k.startswith(("lstm.", "linear."))}
+        missing, unexpected = self.load_state_dict(ours, strict=False)
+        missing = [k for k in missing if k.startswith(("lstm.", "linear."))]
+        if missing or unexpected:
+            raise ValueError(f"{path}: weights do not fit the GE2E encoder: missing {missing}, unexpected {unexpected}")
+
+    # ----- front end -----
+    def _prepare(self, wav: Tensor) -> Tensor:
+        if wav.dim() != 2:
+            raise ValueError(f"expected a (batch, samples) waveform, got shape {tuple(wav.shape)}")
+        wav = wav.float()
+        return normalize_volume(wav, self.target_dbfs) if self.do_normalize_volume else wav
+
+    def mel(self, wav: Tensor) -> Tensor:
+        """(B, S) -> (B, T, n_mels) power mel spectrogram, T = 1 + S // hop (librosa's centred framing)."""
+        with torch.autocast(wav.device.type, enabled=False):
+            spec = torch.stft(wav.float(), self.n_fft, self.hop, window=self.window, center=True,
+                              pad_mode="constant", return_complex=True)
+            power = spec.real.square() + spec.imag.square()  # (B, F, T)
+            return torch.matmul(power.transpose(1, 2), self.mel_fbank)
+
+    def _lstm(self, mels: Tensor) -> tuple[Tensor, Tensor]:
+        # LSTMs are not autocast ops on CPU: run them in float32 so bf16 autocast callers still work.
+        with torch.autocast(mels.device.type, enabled=False):
+            out, (hidden, _) = self.lstm(mels.float())
+        return out, hidden[-1]
+
+    def _head(self, last_hidden: Tensor) -> Tensor:
+        return F.normalize(F.relu(self.linear(last_hidden)).float(), dim=1)
+
+    # ----- Backbone API -----
+    def frames(self, wav: Tensor) -> Tensor:
+        """(B, S) -> (B, 1 + S // 160, 256) per-frame LSTM outputs (top layer)."""
+        return self._lstm(self.mel(self._prepare(wav)))[0]
+
+    def embed(self, wav: Tensor) -> Tensor:
+        """(B, S) -> (B, 256): one partial per row (volume-normalised per row)."""
+        return self._head(self._lstm(self.mel(self._prepare(wav)))[1])
+
+    def flops_per_second(self) -> float:
+        """Analytic FLOPs per second of audio for `frames`/`embed` (LSTM + mel projection; the FFT, ~1%, is left out)."""
+        fps = self.sample_rate / self.hop
+        macs, size = 0, self.lstm.input_size
+        for _ in range(self.lstm.num_layers):
+            macs += 4 * self.lstm.hidden_size * (size + self.lstm.hidden_size)
+            size = self.lstm.hidden_size
+        macs += self.mel_fbank.numel()
+        return 2.0 * fps * macs
+
+    def partial_slices(self, n_samples: int) -> list[int]:
+        """Start frames of the partials, exactly as Resemblyzer's `compute_partial_slices`."""
+        n_frames = math.ceil((n_samples + 1) / self.hop)
+        steps = max(1, n_frames - self.partial_frames + self.partial_hop_frames + 1)
+        starts = list(range(0, steps, self.partial_hop_frames))
+        coverage = (n_samples - starts[-1] * self.hop) / (self.partial_frames * self.hop)
+        if coverage < self.min_coverage and len(starts) > 1:
+            starts = starts[:-1]
+        return starts
+
+    def _trim_silences(self, wav: Tensor) -> Tensor:
+        try:
+            from resemblyzer.audio import trim_long_silences
+        except ImportError as e:
+            raise ImportError("backbone.vad_trim=true uses resemblyzer's webrtcvad trimming: pip install resemblyzer") from e
+        return torch.from_numpy(trim_long_silences(wav.detach().cpu().numpy().astype("float32"))).to(wav.device)
+
+    @torch.no_grad()
+    def embed_utterances(self, wavs: list[Tensor], max_windows_per_batch: int = 256) -> tuple[Tensor, int]:
+        """Resemblyzer's partial-utterance averaging; returns ((N, 256), clips shorter than one partial)."""
+        windows, owners, n_padded = [], [], 0
+        window_samples = self.partial_frames * self.hop
+        for i, w in enumerate(wavs):
+            w = w.reshape(-1).float()
+            if self.do_normalize_volume:
+                w = normalize_volume(w.unsqueeze(0), self.target_dbfs)[0]
+            if self.vad_trim:
+                w = self._trim_silences(w)
+            n = w.shape[0]
+            n_padded += int(n < window_samples)
+            starts = self.partial_slices(n)
+            stop = (starts[-1] + self.partial_frames) * self.hop
+            mel = self.mel(F.pad(w, (0, max(0, stop - n))).unsqueeze(0))[0]
+            windows.extend(mel[s : s + self.partial_frames] for s in starts)
+            owners.extend([i] * len(starts))
+        if not windows:
+            return torch.empty(0, self.embedding_dim), 0
+        mels = torch.stack(windows)
+        embs = torch.cat([self._head(self._lstm(mels[j : j + max_windows_per_batch])[1])
+                          for j in range(0, len(mels), max_windows_per_batch)])
+        owner = torch.tensor(owners, device=embs.device)
+        summed = torch.zeros(len(wavs), embs.shape[1], dtype=embs.dtype, device=embs.device).index_add_(0, owner, embs)
+        return F.normalize(summed, dim=1), n_padded

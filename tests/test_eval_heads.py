@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from evaluation.embeddings_io import synthetic_set
+from evaluation.heads import HEADS, DetectionHead, SadFirstHead, SVMHead, make_head
+from evaluation.metrics import compute_metrics
+
+
+def _split(sep: float, seed: int = 0, **kw):
+    """Train on the first 8 speakers, test on the last 4 (speaker-independent)."""
+    s = synthetic_set(n_speakers=12, clips_per_speaker=24, dim=16, separation=sep, seed=seed, **kw)
+    train = np.isin(s.speaker, [f"spk{k:03d}" for k in range(8)])
+    return s.embeddings[train], s.emotion[train], s.speaker[train], s.embeddings[~train], s.emotion[~train]
+
+
+def _ua(head, X_te, y_te) -> float:
+    labels = head.scoring_order(sorted(set(y_te.tolist())))
+    return compute_metrics(head.scoring_labels(y_te), head.predict(X_te), labels)["ua"]
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_heads_learn_separable_emotion(name):
+    X, y, spk, X_te, y_te = _split(sep=1.0)
+    head = make_head(name).fit(X, y, groups=spk)
+    chance = 1 / len(head.scoring_order(sorted(set(y.tolist()))))
+    assert _ua(head, X_te, y_te) > chance + 0.6 * (1 - chance)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_heads_are_at_chance_without_emotion_signal(name):
+    X, y, spk, X_te, y_te = _split(sep=0.0, seed=3)
+    head = make_head(name).fit(X, y, groups=spk)
+    chance = 1 / len(head.scoring_order(sorted(set(y.tolist()))))
+    assert abs(_ua(head, X_te, y_te) - chance) < 0.12
+
+
+def test_detection_is_scored_on_the_binary_task():
+    X, y, spk, X_te, y_te = _split(sep=1.0)
+    head = DetectionHead().fit(X, y)
+    assert sorted(head.classes_.tolist()) == ["emotional", "neutral"]
+    assert set(head.predict(X_te).tolist()) <= {"neutral", "emotional"}
+    assert head.scoring_labels(["sad", "neutral", "angry"]).tolist() == ["emotional", "neutral", "emotional"]
+    assert head.model_.named_steps["logreg"].class_weight == "balanced"
+    with pytest.raises(ValueError, match="'neutral' not in the training labels"):
+        DetectionHead().fit(X[y != "neutral"], y[y != "neutral"])
+
+
+def test_sad_first_stage2_sees_only_non_sad_rows_and_routing_is_respected():
+    # Sad far from the rest: stage 1 should be perfect; the other classes overlap a bit.
+    X, y, spk, X_te, y_te = _split(sep=0.6, seed=1)
+    X, X_te = X.copy(), X_te.copy()
+    X[y == "sad", 0] += 5.0
+    X_te[y_te == "sad", 0] += 5.0
+    head = SadFirstHead().fit(X, y, groups=spk)
+    assert "sad" not in head.stage2_.classes_.tolist()
+    assert head.stage2_.model_.named_steps["svm"].shape_fit_[0] == int((y != "sad").sum())
+    routed, pred = head.predict_stages(X_te)
+    np.testing.assert_array_equal(routed, y_te == "sad")  # stage 1 perfect on this data
+    assert (pred[routed] == "sad").all()
+    np.testing.assert_array_equal(pred[~routed], head.stage2_.predict(X_te[~routed]))
+    np.testing.assert_array_equal(head.predict(X_te), pred)
+
+
+def test_sad_first_routing_with_imperfect_stage1():
+    X, y, spk, X_te, y_te = _split(sep=0.3, seed=2)
+    head = SadFirstHead().fit(X, y)
+    routed, pred = head.predict_stages(X_te)
+    assert 0 < routed.sum() < len(X_te)
+    np.testing.assert_array_equal(routed, head.stage1_.predict(X_te) == 1)
+    assert (pred[routed] == "sad").all() and not (pred[~routed] == "sad").any()
+
+
+def test_sad_first_without_sad_label():
+    X, y, *_ = _split(sep=1.0)
+    keep = y != "sad"
+    with pytest.raises(ValueError, match="'sad' not in the training labels"):
+        SadFirstHead().fit(X[keep], y[keep])
+
+
+def test_nystroem_switch_above_threshold_still_learns(caplog):
+    X, y, spk, X_te, y_te = _split(sep=1.0)
+    exact = SVMHead(nystroem_threshold=len(X)).fit(X, y)
+    assert not exact.uses_nystroem_
+    assert type(exact.model_.named_steps["svm"]).__name__ == "SVC"
+    with caplog.at_level(logging.WARNING, logger="evaluation.heads"):
+        approx = SVMHead(nystroem_threshold=len(X) - 1, nystroem_components=60).fit(X, y)
+    assert approx.uses_nystroem_
+    assert "Nystroem(n_components=60, gamma=0.1)" in caplog.text
+    assert approx.model_.named_steps["nystroem"].n_components == 60
+    assert type(approx.model_.named_steps["svm"]).__name__ == "RidgeClassifier"
+    assert approx.model_.named_steps["svm"].alpha == pytest.approx(1 / 2000)
+    assert _ua(approx, X_te, y_te) > 0.65
+    svc = SVMHead(nystroem_threshold=10, nystroem_components=60, nystroem_solver="linear_svc").fit(X, y)
+    assert type(svc.model_.named_steps["svm"]).__name__ == "LinearSVC"
+    assert _ua(svc, X_te, y_te) > 0.65
+    with pytest.raises(ValueError, match="nystroem_solver must be 'ridge' or 'linear_svc', got 'sgd'"):
+        SVMHead(nystroem_threshold=10, nystroem_solver="sgd").fit(X, y)
+
+
+def test_grid_search_uses_speaker_folds_of_training_rows():
+    X, y, spk, X_te, y_te = _split(sep=1.0)
+    head = SVMHead(param_grid={"C": [1000.0], "gamma": [1e4, 0.1]}, inner_folds=3).fit(X, y, groups=spk)
+    assert head.best_params_ == {"C": 1000.0, "gamma": 0.1}  # gamma=1e4: kernel ~ identity, learns nothing
+    assert head.gamma_ == 0.1
+    assert _ua(head, X_te, y_te) > 0.65
+    with pytest.raises(ValueError, match="needs `groups`"):
+        SVMHead(param_grid={"C": [1.0]}).fit(X, y)
+    with pytest.raises(ValueError, match=r"8 training speakers < inner_folds=9"):
+        SVMHead(param_grid={"C": [1.0]}, inner_folds=9).fit(X, y, groups=spk)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['kernel'\]"):
+        SVMHead(param_grid={"kernel": ["linear"]}).fit(X, y, groups=spk)
+
+
+def test_gamma_scale_matches_sklearn_rule():
+    X, y, *_ = _split(sep=1.0)
+    head = SVMHead(gamma="scale").fit(X, y)
+    assert head.gamma_ == pytest.approx(1.0 / (X.shape[1] * X.var()))
+    assert SVMHead(gamma="scale", standardize=True).fit(X, y).gamma_ == pytest.approx(1.0 / X.shape[1])
+    with pytest.raises(ValueError, match="gamma must be a positive float"):
+        SVMHead(gamma=-1.0).fit(X, y)
+
+
+def test_make_head_rejects_unknown_names_and_arguments():
+    with pytest.raises(ValueError, match=r"unknown head 'svn'; available heads: \['detection', 'linear', 'sad_first', 'svm'\]"):
+        make_head("svn")
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['c'\].*'C'"):
+        make_head("svm", c=10)
+    head = make_head("sad_first", C=5.0, sad_label="triste")
+    assert head.C == 5.0 and head.sad_label == "triste"
+    assert make_head("svm").get_params()["C"] == 1000.0 and make_head("svm").gamma == 0.1
