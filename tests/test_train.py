@@ -57,10 +57,10 @@ def test_resolved_config_is_saved_in_the_run_dir(train_cfg_factory):
 
 
 def test_missing_data_root_is_named(train_cfg_factory, tmp_path):
-    cfg = train_cfg_factory("data=emodb", "debug=fdr")
+    cfg = train_cfg_factory("data=emodb", "debug=fdr", tiny=False)
     with pytest.raises(ConfigError, match=r"data\.root is required"):
         train(cfg)
-    cfg = train_cfg_factory("data=emodb", f"data.root={tmp_path}/nowhere", "debug=fdr")
+    cfg = train_cfg_factory("data=emodb", f"data.root={tmp_path}/nowhere", "debug=fdr", tiny=False)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         train(cfg)
 
