@@ -61,7 +61,7 @@ def test_missing_data_root_is_named(train_cfg_factory, tmp_path):
     with pytest.raises(ConfigError, match=r"data\.root is required"):
         train(cfg)
     cfg = train_cfg_factory("data=emodb", f"data.root={tmp_path}/nowhere", "debug=fdr", tiny=False)
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(ConfigError, match=r"data\.root=.*nowhere does not exist"):
         train(cfg)
 
 

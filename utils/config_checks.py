@@ -77,6 +77,14 @@ def check_required(cfg: DictConfig, keys: list[str]) -> None:
             raise ConfigError(f"{key} is required but not set: pass {key}=...{hint}")
 
 
+def check_data_root(data_cfg: DictConfig) -> None:
+    """A real corpus needs its folder: say which key to set, before any module is built."""
+    corpus, root = data_cfg.get("corpus"), data_cfg.get("root")
+    if corpus != "synthetic" and root and not Path(str(root)).expanduser().exists():
+        raise ConfigError(f"data.root={root} does not exist: set data.root to the folder where you unpacked the "
+                          f"{corpus} corpus (see FORMATS.md for the layout it must have)")
+
+
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 

@@ -18,7 +18,7 @@ from callbacks.embedding_writer import EmbeddingWriter, merge_rank_files
 from datamodules.records import ClipRecord
 from datamodules.speaker_datamodule import load_corpus_records
 from evaluation.embeddings_io import EmbeddingSet, filter_labels, load_npz, save_npz
-from utils.config_checks import ConfigError, check_required, check_targets
+from utils.config_checks import ConfigError, check_data_root, check_required, check_targets
 from utils.instantiators import instantiate_loggers
 from utils.training import save_resolved_config
 
@@ -70,6 +70,7 @@ def records_to_set(records: list[ClipRecord], embeddings: np.ndarray, label_fiel
 def extract(cfg: DictConfig, out_dir: Path) -> EmbeddingSet:
     """Embed every clip of the corpus through Lightning's predict loop (all devices, any precision)."""
     check_required(cfg, ["data.root", "data.corpus"])
+    check_data_root(cfg.data)
     check_targets(cfg.data, "data")
     datamodule = instantiate(cfg.data, _convert_="all")
     h = datamodule.hparams
@@ -131,7 +132,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     svm = {"C": e.svm_C, "gamma": e.svm_gamma, "nystroem_threshold": e.nystroem_above,
            "param_grid": OmegaConf.to_container(e.param_grid, resolve=True) if e.grid_search else None}
-    head_kwargs = {"svm": dict(svm), "sad_first": dict(svm)}
+    head_kwargs = {h: dict(svm) for h in ("svm", "sad_first") if h in e.heads}
     results = run_evaluation(emb_set, heads=list(e.heads), protocol=e.protocol, n_folds=e.n_folds, seed=cfg.seed,
                              balancing=e.balancing, head_kwargs=head_kwargs, out_dir=out_dir, logger_fn=logger_fn)
     if e.get("verification_analysis"):

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from utils.config_checks import check_required, check_targets
+from utils.config_checks import check_data_root, check_required, check_targets
 from utils.instantiators import instantiate_callbacks, instantiate_loggers
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     check_required(cfg, ["data.root", "data.corpus"])
+    check_data_root(cfg.data)
     check_targets(cfg.data, "data")
     check_targets(cfg.backbone, "backbone")
     check_targets(cfg.model, "model", extra_keys={"model": {"backbone"}})
