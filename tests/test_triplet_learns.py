@@ -1,8 +1,9 @@
-"""The speaker objective must actually learn: held-out EER falls clearly below its untrained value.
+"""The triplet objective must actually learn speakers: held-out EER falls clearly below its untrained value.
 
-DeepTalk from scratch at DeepTalk's own 8 kHz, trained with the GE2E loss its released code used
-(batch-hard triplet collapses in the first few hundred steps of a CPU budget; see the issue note),
-on neutral synthetic speech so that speaker identity, not emotion, dominates the variation.
+Batch-hard triplet training (pytorch-metric-learning) of the backbone on neutral synthetic speech,
+so that speaker identity rather than emotion dominates the variation. The backbone is the
+pretrained GE2E encoder: DeepTalk from scratch needs more steps than a CPU test budget allows
+(measured: EER 0.58 -> 0.50 after 250 GE2E-loss steps at 8 kHz; see the foundation issue note).
 """
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from hydra.utils import instantiate
 from utils.training import build_model
 
 
-def test_speaker_training_lowers_held_out_eer(train_cfg_factory):
+def test_triplet_training_lowers_held_out_eer(train_cfg_factory):
     cfg = train_cfg_factory(
-        "experiment=triplet_speaker", "model.loss=ge2e", "backbone.sample_rate=8000",
-        "data.corpus_options.sample_rate=8000", "data.corpus_options.n_speakers=12",
-        "data.corpus_options.emotions=[neutral]", "data.corpus_options.clips_per_emotion=10", "data.val_speakers=4",
-        "data.n_speakers=4", "data.n_per_speaker=4", "data.crop_seconds=1.0", "data.batches_per_epoch=40",
-        "trainer.max_epochs=5", "trainer.check_val_every_n_epoch=100", "model.lr=0.001",
+        "experiment=triplet_speaker", "backbone=ge2e", "model.loss=triplet", "model.miner=batch_hard",
+        "data.corpus_options.n_speakers=12", "data.corpus_options.emotions=[neutral]",
+        "data.corpus_options.clips_per_emotion=10", "data.val_speakers=4", "data.n_speakers=4",
+        "data.n_per_speaker=4", "data.crop_seconds=1.0", "data.batches_per_epoch=10", "trainer.max_epochs=3",
+        "trainer.check_val_every_n_epoch=100", "model.lr=0.0001", "model.scheduler=none",
         "callbacks.model_summary=null", "callbacks.progress_bar=null", tiny=False)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = build_model(cfg)
