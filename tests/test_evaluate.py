@@ -77,3 +77,16 @@ def test_sweep_runs_one_job_per_value(tmp_path):
     assert len(runs) == 2
     lrs = sorted(float(next(l for l in (r / "config_resolved.yaml").read_text().splitlines() if l.strip().startswith("lr:")).split(":")[1]) for r in runs)
     assert lrs == [0.001, 0.002]
+
+
+def test_official_split_names_map_to_train_and_test_and_others_are_left_out():
+    from datamodules.records import ClipRecord
+    from utils.evaluating import NO_LABEL, records_to_set
+
+    recs = [ClipRecord(path=f"{i}.wav", speaker=f"msp:{i % 3}", corpus="msp_podcast", utt_id=str(i), emotion4="sad",
+                       split=s) for i, s in enumerate(["Train", "Train", "Development", "Test1", "Test1", "Test2"])]
+    emb = np.eye(6, dtype=np.float32)
+    s = records_to_set(recs, emb, "emotion4", {"train": ["Train"], "test": ["Test1"]})
+    assert s.split.tolist()[:2] == ["train", "train"] and s.split.tolist()[3:5] == ["test", "test"]
+    assert s.emotion.tolist() == ["sad", "sad", NO_LABEL, "sad", "sad", NO_LABEL]  # Development, Test2 left out
+    assert records_to_set(recs, emb, "emotion4", None).split is None

@@ -53,16 +53,32 @@ def cache_key(cfg: DictConfig) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def records_to_set(records: list[ClipRecord], embeddings: np.ndarray, label_field: str) -> EmbeddingSet:
-    if not hasattr(ClipRecord, "__dataclass_fields__") or label_field not in ClipRecord.__dataclass_fields__:
+def official_splits(records: list[ClipRecord], split_map: dict | None) -> list[str] | None:
+    """Map a corpus's own split names (MSP-Podcast Train/Test1, ESD train/test, ...) to train/test.
+
+    Clips in other splits (e.g. Development) get "" and are left out by `evaluate` with a count.
+    """
+    if not split_map or any(r.split is None for r in records):
+        return None
+    lookup = {str(name): side for side, names in split_map.items() for name in names}
+    mapped = [lookup.get(str(r.split), "") for r in records]
+    return mapped if {"train", "test"} <= set(mapped) else None
+
+
+def records_to_set(records: list[ClipRecord], embeddings: np.ndarray, label_field: str,
+                   split_map: dict | None = None) -> EmbeddingSet:
+    if label_field not in ClipRecord.__dataclass_fields__:
         raise ConfigError(f"eval.label_field={label_field!r} is not a record field; use 'emotion4' or 'emotion'")
     labels = [getattr(r, label_field) or NO_LABEL for r in records]
-    splits = [r.split for r in records]
-    official = {"train": "train", "test": "test"}
-    has_split = all(s is not None and str(s).lower() in official for s in splits)
+    splits = official_splits(records, split_map)
+    if splits is not None and "" in splits:
+        unused = Counter(str(r.split) for r, s in zip(records, splits) if not s)
+        log.info("official split: clips of %s are in neither train nor test and are left out", dict(unused))
+        labels = [NO_LABEL if not s else lab for lab, s in zip(labels, splits)]
+        splits = [s or "train" for s in splits]  # placeholder; these rows carry no label and are filtered out
     return EmbeddingSet(
         embeddings=embeddings, emotion=labels, speaker=[r.speaker for r in records],
-        split=[str(s).lower() for s in splits] if has_split else None,
+        split=splits,
         session=[r.session for r in records] if all(r.session for r in records) else None,
         utt_id=[r.utt_id for r in records])
 
@@ -98,7 +114,8 @@ def extract(cfg: DictConfig, out_dir: Path) -> EmbeddingSet:
                         n_padded, len(records), module.backbone.window_seconds)
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, emb)
-    emb_set = records_to_set(records, emb, cfg.eval.label_field)
+    split_map = OmegaConf.to_container(cfg.eval.split_map, resolve=True) if cfg.eval.get("split_map") else None
+    emb_set = records_to_set(records, emb, cfg.eval.label_field, split_map)
     save_npz(emb_set, out_dir / "embeddings.npz")
     log.info("embeddings: %d clips -> %s (re-fit heads with embeddings=%s)", len(records), out_dir / "embeddings.npz",
              out_dir / "embeddings.npz")
