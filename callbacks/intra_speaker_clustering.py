@@ -12,6 +12,7 @@ rank 0 runs k-means and broadcasts the labels, so all ranks hold identical pseud
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -59,12 +60,13 @@ def kmeans(x: np.ndarray, k: int, niter: int = 25, nredo: int = 3, seed: int = 0
     return assign[:, 0].astype(np.int64), km.centroids
 
 
-def merge_small_clusters(x: np.ndarray, assign: np.ndarray, min_size: int) -> np.ndarray:
-    """Move members of clusters smaller than min_size to the nearest remaining centroid; relabel 0..k'-1."""
+def merge_small_clusters(x: np.ndarray, assign: np.ndarray, min_size: int, keep_at_least: int = 1) -> np.ndarray:
+    """Move members of clusters smaller than min_size to the nearest remaining centroid (while more than
+    `keep_at_least` clusters remain); relabel 0..k'-1."""
     assign = assign.copy()
     while True:
         ids, counts = np.unique(assign, return_counts=True)
-        if len(ids) <= 1 or counts.min() >= min_size:
+        if len(ids) <= max(1, keep_at_least) or counts.min() >= min_size:
             break
         small = ids[np.argmin(counts)]
         keep = ids[ids != small]
@@ -82,7 +84,8 @@ def max_clusters_for(n: int, min_clips_per_cluster: int) -> int:
 
 
 def cluster_one_speaker(x: np.ndarray, k: str, n_clusters: int, k_range: Sequence[int], niter: int, nredo: int,
-                        seed: int, min_clips_per_cluster: int, gpu: bool, init: str) -> tuple[np.ndarray, dict]:
+                        seed: int, min_clips_per_cluster: int, gpu: bool, init: str,
+                        keep_at_least: int = 1) -> tuple[np.ndarray, dict]:
     n = len(x)
     k_max = max_clusters_for(n, min_clips_per_cluster)
     info: dict = {"n": n}
@@ -105,16 +108,19 @@ def cluster_one_speaker(x: np.ndarray, k: str, n_clusters: int, k_range: Sequenc
         assign = best[1] if best is not None else np.zeros(n, np.int64)
         info["silhouette"] = scores
     if len(np.unique(assign)) > 1:
-        assign = merge_small_clusters(x, assign, min_clips_per_cluster)
+        assign = merge_small_clusters(x, assign, min_clips_per_cluster, keep_at_least)
+    assign = np.unique(assign, return_inverse=True)[1].astype(np.int64)  # ids 0..k-1 (k-means may leave one empty)
     info["k"] = int(len(np.unique(assign)))
     return assign, info
 
 
 def cluster_speakers(embeddings: np.ndarray, speakers: Sequence, k: str = "fixed", n_clusters: int = 2,
                      k_range: Sequence[int] = (2, 5), niter: int = 25, nredo: int = 3, seed: int = 0,
-                     min_clips_per_cluster: int = 2, use_gpu: bool | str = "auto",
-                     init: str = "kmeans++") -> tuple[np.ndarray, dict]:
+                     min_clips_per_cluster: int = 2, use_gpu: bool | str = "auto", init: str = "kmeans++",
+                     keep_at_least: int = 1) -> tuple[np.ndarray, dict]:
     """Cluster ids (within speaker) for every row, and per-speaker info ({speaker: {n, k, ...}}).
+
+    keep_at_least: merging of small clusters stops at this many clusters (the sampler needs C per speaker).
 
     Takes only embeddings and speaker ids: pseudo-labels cannot depend on emotion labels.
     """
@@ -136,7 +142,7 @@ def cluster_speakers(embeddings: np.ndarray, speakers: Sequence, k: str = "fixed
     for s_i, spk in enumerate(sorted(set(speakers.tolist()))):
         rows = np.flatnonzero(speakers == spk)
         assign, spk_info = cluster_one_speaker(embeddings[rows], k, n_clusters, k_range, niter, nredo, seed + s_i,
-                                               min_clips_per_cluster, gpu, init)
+                                               min_clips_per_cluster, gpu, init, keep_at_least)
         labels[rows] = assign
         info[spk] = spk_info
     return labels, info
@@ -166,7 +172,7 @@ def emotion_agreement(speakers: Sequence, clusters: Sequence[int], emotions: Seq
             nmi_sum += m.sum() * normalized_mutual_info_score(e, c)
             nmi_w += int(m.sum())
     n = len(speakers)
-    return {"purity": hits / n if n else float("nan"), "nmi": nmi_sum / nmi_w if nmi_w else float("nan"),
+    return {"purity": float(hits / n) if n else float("nan"), "nmi": float(nmi_sum / nmi_w) if nmi_w else float("nan"),
             "n_labelled": int(n)}
 
 
@@ -295,23 +301,23 @@ class IntraSpeakerClustering(Callback):
                             all_gather=lambda t: strategy.all_gather(t))
         t_embed = time.perf_counter() - t0
         speakers = [r.speaker for r in records]  # the only record field label assignment reads
+        hp = getattr(dm, "hparams", {})
+        n_sub, n_per_batch = int(hp.get("n_clusters_per_speaker", 2)), int(hp.get("n_speakers", 1))
         labels, info = None, None
         if rank == 0:
             labels, info = cluster_speakers(emb, speakers, self.k, self.n_clusters, self.k_range, self.niter,
-                                            self.nredo, self.seed, self.min_clips_per_cluster, self.use_gpu, self.init)
+                                            self.nredo, self.seed, self.min_clips_per_cluster, self.use_gpu, self.init,
+                                            keep_at_least=n_sub)
         if world > 1:
             labels, info = strategy.broadcast((labels, info), src=0)
         t_total = time.perf_counter() - t0
 
         ks = [v["k"] for v in info.values()]
-        hp = getattr(dm, "hparams", {})
-        n_sub, n_per_batch = int(hp.get("n_clusters_per_speaker", 2)), int(hp.get("n_speakers", 1))
         eligible = sum(k >= n_sub for k in ks)
         if eligible < n_per_batch:
             raise ValueError(f"IntraSpeakerClustering: only {eligible} of {len(ks)} training speakers got at least "
                              f"data.n_clusters_per_speaker={n_sub} clusters, but batches need data.n_speakers="
-                             f"{n_per_batch}; lower one of them, raise callbacks.clustering.n_clusters, or lower "
-                             f"min_clips_per_cluster={self.min_clips_per_cluster}")
+                             f"{n_per_batch}; lower one of them or raise callbacks.intra_speaker_clustering.n_clusters")
         dm.set_pseudo_labels(labels)
         rnd = ClusteringRound(epoch=trainer.current_epoch, seconds=t_total, embed_seconds=t_embed,
                               kmeans_seconds=t_total - t_embed, mean_k=float(np.mean(ks)), n_eligible_speakers=eligible,
@@ -341,7 +347,8 @@ class IntraSpeakerClustering(Callback):
 
     # ----- checkpoint: keep the schedule's record (labels are recomputed at fit start anyway) -----
     def state_dict(self) -> dict:
-        return {"rounds": [r.__dict__ for r in self.history]}
+        # Plain Python types only: checkpoints are read back with torch.load(weights_only=True).
+        return {"rounds": [json.loads(json.dumps(r.__dict__, default=float)) for r in self.history]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = [ClusteringRound(**r) for r in state_dict.get("rounds", [])]

@@ -1,0 +1,165 @@
+"""Objective: contrastive learning over intra-speaker clusters (Ulgen et al., ICASSP 2024).
+
+A speaker's k-means clusters (pseudo-labels from `callbacks.intra_speaker_clustering`) act as
+classes: positives are other clips (and, with `two_crops`, another crop of the same clip) from the
+anchor's (speaker, cluster); negatives are clips from the same speaker's other clusters, so speaker
+identity is no shortcut (`negatives: all` adds other speakers' clips too). The pairs are handed to
+pytorch-metric-learning's SupConLoss / NTXentLoss as an explicit (a1, p, a2, n) tuple, which masks
+every other pair out of the softmax denominator.
+
+Under DDP the (projected) embeddings of all ranks are gathered, the local slice keeping its
+gradient, so every anchor sees the global batch; the loss is scaled by world size because DDP
+averages gradients while each rank only back-propagates through its own slice.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning import losses
+from torch import Tensor, nn
+
+from lightning_modules.backbones.base import Backbone
+from lightning_modules.embedding_module import EmbeddingModule
+
+NEGATIVES = ("same_speaker", "all")
+LOSSES = {"supcon": losses.SupConLoss, "ntxent": losses.NTXentLoss}
+
+
+def contrastive_pairs(speakers: Tensor, clusters: Tensor, negatives: str = "same_speaker") -> tuple[Tensor, ...]:
+    """(a1, p, a2, n) index tensors: positives share (speaker, cluster); negatives share the speaker
+    but not the cluster (`same_speaker`) or are any other (speaker, cluster) (`all`). No self-pairs."""
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives={negatives!r}: expected one of {NEGATIVES}")
+    same_spk = speakers[:, None] == speakers[None, :]
+    same_cluster = same_spk & (clusters[:, None] == clusters[None, :])
+    not_self = ~torch.eye(len(speakers), dtype=torch.bool, device=speakers.device)
+    pos = same_cluster & not_self
+    neg = (same_spk & ~same_cluster) if negatives == "same_speaker" else ~same_cluster
+    a1, p = pos.nonzero(as_tuple=True)
+    a2, n = neg.nonzero(as_tuple=True)
+    return a1, p, a2, n
+
+
+def random_subcrops(wav: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
+    """Two independent random crops (each `fraction` of the length) of every row: two views of one clip."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"crop_fraction={fraction}: expected 0 < fraction <= 1")
+    b, s = wav.shape
+    length = max(1, int(round(fraction * s)))
+    views = []
+    for _ in range(2):
+        starts = torch.randint(0, s - length + 1, (b,), device=wav.device)
+        idx = starts[:, None] + torch.arange(length, device=wav.device)[None, :]
+        views.append(torch.gather(wav, 1, idx))
+    return views[0], views[1]
+
+
+class ProjectionHead(nn.Module):
+    """SimCLR-style MLP: the loss sees its output, downstream tasks use the embedding before it."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.net(x), dim=-1)
+
+
+def freeze_backbone_parameters(backbone: nn.Module, prefixes: Sequence[str]) -> int:
+    """Freeze backbone parameters whose names start with any prefix; returns how many tensors were frozen."""
+    names = [n for n, _ in backbone.named_parameters()]
+    frozen = 0
+    for prefix in prefixes:
+        hits = [n for n in names if n.startswith(prefix)]
+        if not hits:
+            raise ValueError(f"model.freeze: prefix {prefix!r} matches no backbone parameter; names start with "
+                             f"{sorted({n.split('.')[0] for n in names})}")
+    for name, p in backbone.named_parameters():
+        if any(name.startswith(px) for px in prefixes):
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+class ClusterContrastiveModule(EmbeddingModule):
+    """temperature: softmax temperature of the contrastive loss (SupCon default 0.1).
+    loss: "supcon" (all positives of an anchor averaged) or "ntxent" (one term per positive pair).
+    negatives: "same_speaker" (paper's idea: speaker is no shortcut) or "all".
+    two_crops: embed two random sub-crops (crop_fraction of the training crop) of every clip; they
+        are positives of each other (and of the rest of their cluster).
+    projection: {"hidden_dim", "out_dim"} for a SimCLR projection head, or None for the loss on the
+        embedding itself.
+    gather_distributed: gather embeddings from all DDP ranks for the loss.
+    freeze: backbone parameter-name prefixes to keep fixed (e.g. the pretrained lower layers).
+    """
+
+    def __init__(self, backbone: Backbone | Mapping[str, Any], temperature: float = 0.1, loss: str = "supcon",
+                 negatives: str = "same_speaker", two_crops: bool = False, crop_fraction: float = 0.8,
+                 projection: Mapping[str, int] | None = None, gather_distributed: bool = True,
+                 freeze: Sequence[str] | None = None, **kwargs):
+        super().__init__(backbone, **kwargs)
+        self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, Backbone) else [])
+        if loss not in LOSSES:
+            raise ValueError(f"model.loss={loss!r}: expected one of {sorted(LOSSES)}")
+        if negatives not in NEGATIVES:
+            raise ValueError(f"model.negatives={negatives!r}: expected one of {NEGATIVES}")
+        if not temperature > 0:
+            raise ValueError(f"model.temperature={temperature}: expected > 0")
+        self.contrastive_loss = LOSSES[loss](temperature=temperature)
+        self.projector = ProjectionHead(self.backbone.embedding_dim, **dict(projection)) if projection else None
+        if freeze:
+            freeze_backbone_parameters(self.backbone, list(freeze))
+
+    # ----- pseudo-labels of the clips in a batch -----
+    def cluster_ids(self, index: Tensor) -> Tensor:
+        dm = getattr(self.trainer, "datamodule", None)
+        labels = getattr(dm, "pseudo_labels", None)
+        if labels is None:
+            raise RuntimeError(f"{type(self).__name__} needs intra-speaker pseudo-labels: add the clustering callback "
+                               "(callbacks=clustering, i.e. callbacks.intra_speaker_clustering) so they exist before "
+                               "the first batch")
+        return torch.as_tensor(np.asarray(labels)[index.cpu().numpy()], device=index.device)
+
+    # ----- cross-rank gathering with the local slice differentiable -----
+    def gather_for_loss(self, x: Tensor) -> Tensor:
+        if not self.hparams.gather_distributed or self.trainer.world_size == 1:
+            return x
+        everything = self.all_gather(x)  # (world, B, ...) without gradient
+        r = self.trainer.global_rank
+        return torch.cat([everything[:r], x.unsqueeze(0), everything[r + 1:]]).flatten(0, 1)
+
+    def views(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """(waveforms, speaker labels, cluster ids) of the batch, doubled with two crops per clip."""
+        wav, speakers = batch["wav"], batch["label"]
+        clusters = self.cluster_ids(batch["index"])
+        if self.hparams.two_crops:
+            v1, v2 = random_subcrops(wav, self.hparams.crop_fraction)
+            wav = torch.cat([v1, v2])
+            speakers, clusters = speakers.repeat(2), clusters.repeat(2)
+        return wav, speakers, clusters
+
+    def contrastive_term(self, emb: Tensor, speakers: Tensor, clusters: Tensor) -> Tensor:
+        z = self.projector(emb) if self.projector is not None else emb
+        z_all, spk_all, clu_all = self.gather_for_loss(z), self.gather_for_loss(speakers), self.gather_for_loss(clusters)
+        pairs = contrastive_pairs(spk_all, clu_all, self.hparams.negatives)
+        scale = self.trainer.world_size if len(z_all) > len(z) else 1
+        if len(pairs[0]) and len(pairs[2]):
+            loss = self.contrastive_loss(z_all, indices_tuple=pairs) * scale
+        else:  # no positive or no negative pair in this batch: nothing to contrast, keep the graph
+            loss = z_all.sum() * 0.0
+        n = len(speakers)
+        self.log("train/gathered_batch", float(len(z_all)), batch_size=n)
+        self.log("train/pos_pairs", float(len(pairs[0])), batch_size=n)
+        self.log("train/neg_pairs", float(len(pairs[2])), batch_size=n)
+        self.log("train/contrastive_loss", loss, batch_size=n)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        wav, speakers, clusters = self.views(batch)
+        emb = self.backbone.embed(wav).float()
+        loss = self.contrastive_term(emb, speakers, clusters)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(speakers))
+        return loss

@@ -1,0 +1,168 @@
+"""Does emotion-label-free pretraining help SER on unseen speakers? Frozen start vs pretrained, per fold.
+
+For every speaker-independent fold (`evaluation.protocols.make_folds`, k-fold over speakers):
+1. pretrain the encoder with the configured objective (e.g. experiment=contrastive_mtl) on ALL the
+   audio of the fold's training speakers (every clip, every emotion, no emotion label read:
+   `data.speakers` restricts the datamodule to those speakers, no validation speakers);
+2. embed the 4-class clips of every speaker with the frozen start and with the pretrained encoder;
+3. fit the classifier head (default: the paper's SVM) on the training speakers' embeddings and
+   score the held-out speakers (`evaluation.run_heads.run_evaluation` on that fold's split).
+Prints UA/WA of both side by side (mean ± std over folds) and writes json + markdown.
+
+    python scripts/pretrain_protocol.py experiment=contrastive_mtl data=emodb backbone=ge2e
+    python scripts/pretrain_protocol.py experiment=contrastive_mtl data=emodb backbone=ge2e trainer.max_epochs=10 --folds 0 1
+
+Positional `key=value` arguments are Hydra overrides of configs/train.yaml.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
+from callbacks.intra_speaker_clustering import IntraSpeakerClustering, embed_records  # noqa: E402
+from cluster_analysis import build_datamodule, compose_train_config, load_encoder, select_records  # noqa: E402
+from evaluation.embeddings_io import EmbeddingSet  # noqa: E402
+from evaluation.protocols import make_folds  # noqa: E402
+from evaluation.run_heads import run_evaluation  # noqa: E402
+
+log = logging.getLogger("pretrain_protocol")
+
+
+def fold_config(overrides: list[str], out_dir: Path, train_speakers: list[str]):
+    """The run's config restricted to the fold's training speakers, without validation speakers (no
+    emotion-free model selection criterion is needed: the last epoch is used) or interactive output."""
+    cfg = compose_train_config(overrides, out_dir)
+    with open_dict(cfg):
+        cfg.data.speakers = list(train_speakers)
+        cfg.data.val_speakers = 0
+        for name in ("progress_bar", "model_summary"):
+            cfg.callbacks.pop(name, None)
+        if "model_checkpoint" in cfg.callbacks:
+            cfg.callbacks.model_checkpoint.monitor = None
+        cfg.trainer.enable_progress_bar = False
+        cfg.trainer.enable_model_summary = False
+        cfg.logger = None
+    return cfg
+
+
+def score(emb_set: EmbeddingSet, test_speakers, head: str, head_kwargs: dict, seed: int) -> dict:
+    res = run_evaluation(emb_set, heads=[head], protocol="speakers", test_speakers=list(test_speakers), seed=seed,
+                         head_kwargs={head: head_kwargs} if head_kwargs else None, out_dir=None, verbose=False)
+    return {"ua": res[head]["ua"], "wa": res[head]["wa"], "macro_f1": res[head]["macro_f1"]}
+
+
+def summarize(folds: list[dict], key: str) -> dict:
+    out = {}
+    for metric in ("ua", "wa", "macro_f1"):
+        v = np.array([f[key][metric] for f in folds])
+        out[metric], out[f"{metric}_std"] = float(v.mean()), float(v.std())
+    return out
+
+
+def markdown(result: dict) -> str:
+    s = result["settings"]
+    lines = [f"### Pretraining protocol: {s['corpus']}, {s['n_folds']}-fold speaker-independent, head={s['head']}",
+             "", f"`python scripts/pretrain_protocol.py {' '.join(s['overrides'])}" +
+             (f" --folds {' '.join(map(str, s['folds_run']))}" if s["folds_run"] != list(range(s["n_folds"])) else "") +
+             "`", "", "| encoder | UA | WA | macro-F1 |", "|---|---:|---:|---:|"]
+    for key, name in (("frozen", "frozen start"), ("pretrained", "pretrained")):
+        m = result[key]
+        lines.append(f"| {name} | {100 * m['ua']:.1f} ± {100 * m['ua_std']:.1f} | {100 * m['wa']:.1f} ± "
+                     f"{100 * m['wa_std']:.1f} | {100 * m['macro_f1']:.1f} ± {100 * m['macro_f1_std']:.1f} |")
+    lines += ["", "| fold | test speakers | frozen UA | pretrained UA | frozen WA | pretrained WA | cluster purity "
+                  "(first → last, monitoring) | minutes |", "|---|---|---:|---:|---:|---:|---|---:|"]
+    for f in result["folds"]:
+        pur = f.get("cluster_purity") or []
+        pur_s = f"{pur[0]:.3f} → {pur[-1]:.3f}" if pur else "n/a"
+        lines.append(f"| {f['fold']} | {', '.join(f['test_speakers'])} | {100 * f['frozen']['ua']:.1f} | "
+                     f"{100 * f['pretrained']['ua']:.1f} | {100 * f['frozen']['wa']:.1f} | "
+                     f"{100 * f['pretrained']['wa']:.1f} | {pur_s} | {f['seconds'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=contrastive_mtl data=emodb backbone=ge2e")
+    ap.add_argument("--n-folds", type=int, default=5)
+    ap.add_argument("--folds", type=int, nargs="*", default=None, help="run only these fold indices (default: all)")
+    ap.add_argument("--seed", type=int, default=0, help="fold assignment and head seed")
+    ap.add_argument("--label-set", choices=("four", "all"), default="four", help="evaluation classes")
+    ap.add_argument("--head", default="svm", help="evaluation head (evaluation.heads.make_head name)")
+    ap.add_argument("--head-kwargs", default="{}", help='json, e.g. \'{"C": 10}\'')
+    ap.add_argument("--batch-size", type=int, default=32, help="utterances per embedding batch")
+    ap.add_argument("--out", default=None, help="output folder (default: logs/pretrain_protocol/<corpus>)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    head_kwargs = json.loads(args.head_kwargs)
+
+    probe = compose_train_config(list(args.overrides) + ["data.val_speakers=0"], ROOT / "logs" / "pretrain_protocol")
+    out = Path(args.out or ROOT / "logs" / "pretrain_protocol" / str(probe.data.corpus))
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = compose_train_config(list(args.overrides) + ["data.val_speakers=0"], out)
+    dm = build_datamodule(cfg)
+    records, emotions = select_records(dm.train_records, args.label_set)
+    speakers = np.array([r.speaker for r in records])
+    utt = np.array([r.utt_id for r in records])
+
+    t0 = time.perf_counter()
+    frozen_module = load_encoder(cfg, cfg.model.get("init_from"))
+    frozen = EmbeddingSet(embed_records(frozen_module, dm, records, args.batch_size), np.array(emotions), speakers,
+                          utt_id=utt)
+    del frozen_module
+    log.info("frozen-start embeddings of %d clips in %.1fs", len(records), time.perf_counter() - t0)
+    folds = make_folds(frozen, "kfold", n_folds=args.n_folds, seed=args.seed)
+    run_idx = list(range(len(folds))) if args.folds is None else sorted(set(args.folds))
+
+    from utils.training import train
+
+    per_fold = []
+    for k in run_idx:
+        fold = folds[k]
+        t_fold = time.perf_counter()
+        train_speakers = sorted(set(speakers[fold.train_idx].tolist()))
+        fcfg = fold_config(list(args.overrides), out / f"fold{k}", train_speakers)
+        log.info("fold %d: pretraining on %s, testing on %s", k, train_speakers, list(fold.test_speakers))
+        _, objs = train(fcfg)
+        model = objs["model"].cpu()
+        pre = EmbeddingSet(embed_records(model, dm, records, args.batch_size), np.array(emotions), speakers, utt_id=utt)
+        clustering = [cb for cb in objs["trainer"].callbacks if isinstance(cb, IntraSpeakerClustering)]
+        purity = [r.monitor.get("purity") for r in clustering[0].history] if clustering else []
+        entry = {"fold": k, "test_speakers": list(fold.test_speakers), "train_speakers": train_speakers,
+                 "frozen": score(frozen, fold.test_speakers, args.head, head_kwargs, args.seed),
+                 "pretrained": score(pre, fold.test_speakers, args.head, head_kwargs, args.seed),
+                 "cluster_purity": [p for p in purity if p is not None],
+                 "seconds": time.perf_counter() - t_fold}
+        per_fold.append(entry)
+        log.info("fold %d: UA frozen %.3f -> pretrained %.3f (WA %.3f -> %.3f), %.1f min", k, entry["frozen"]["ua"],
+                 entry["pretrained"]["ua"], entry["frozen"]["wa"], entry["pretrained"]["wa"], entry["seconds"] / 60)
+        del model, objs
+
+    result = {"settings": {"overrides": list(args.overrides), "corpus": str(cfg.data.corpus), "n_folds": len(folds),
+                           "folds_run": run_idx, "seed": args.seed, "label_set": args.label_set, "head": args.head,
+                           "head_kwargs": head_kwargs, "n_clips_evaluated": len(records)},
+              "frozen": summarize(per_fold, "frozen"), "pretrained": summarize(per_fold, "pretrained"),
+              "folds": per_fold}
+    table = markdown(result)
+    print(table)
+    (out / "pretrain_protocol.json").write_text(json.dumps(result, indent=2))
+    (out / "pretrain_protocol.md").write_text(table + "\n")
+    print(f"wrote {out}/pretrain_protocol.json and pretrain_protocol.md")
+    return result
+
+
+if __name__ == "__main__":
+    main()
