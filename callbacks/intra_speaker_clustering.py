@@ -291,6 +291,9 @@ class IntraSpeakerClustering(Callback):
             if not hasattr(dm, attr):
                 raise TypeError(f"IntraSpeakerClustering needs a datamodule with `{attr}` (SpeakerDataModule); "
                                 f"got {type(dm).__name__}")
+        if getattr(dm, "hparams", {}).get("format", "files") != "files":
+            raise ValueError("IntraSpeakerClustering needs data.format=files: the P x C x K cluster batches come from "
+                             "the PK sampler, which streamed shards do not use")
         records = dm.train_records
         if not records:
             raise ValueError("IntraSpeakerClustering: the datamodule has no training records (was setup() called?)")
