@@ -11,7 +11,12 @@ from datamodules.records import ClipRecord
 
 
 class CropDataset(Dataset):
-    """Fixed-length crops (random when training) with integer labels for the sampler's groups."""
+    """Fixed-length crops (random when training) with integer labels for the sampler's groups.
+
+    Items are addressed by `index` or by `(index, item_seed)` (what `PKBatchSampler` yields): with a
+    seed, the random crop and the augmentation draw from a generator seeded with it, so a clip's crop
+    depends only on the sampler's plan, not on workers or the global RNG (exact resume).
+    """
 
     def __init__(self, records: Sequence[ClipRecord], labels: Sequence[int], sample_rate: int, crop_seconds: float,
                  random_crop: bool = True, trim: bool = True, normalize_loudness: bool = False,
@@ -30,20 +35,22 @@ class CropDataset(Dataset):
         wav = load_audio(self.records[i].path, self.sample_rate, normalize_loudness=self.normalize_loudness)
         return trim_silence(wav, self.sample_rate) if self.trim else wav
 
-    def __getitem__(self, i: int) -> dict:
-        return self.transform_loaded(i, self.load(i))
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        i, seed = item if isinstance(item, tuple) else (item, None)
+        return self.transform_loaded(i, self.load(i), seed)
 
-    def transform_loaded(self, i: int, wav: torch.Tensor) -> dict:
+    def transform_loaded(self, i: int, wav: torch.Tensor, seed: int | None = None) -> dict:
         """Augment, crop and label an already decoded clip (also used on audio streamed from shards)."""
+        generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         label = self.labels[i]
         if self.augment is not None:
-            out = self.augment(wav)
+            out = self.augment(wav, generator)
             if isinstance(out, tuple):  # speed perturbation: a sped-up copy is a new speaker (WeSpeaker)
                 wav, speed_index = out
                 label = label + speed_index * self.n_labels
             else:
                 wav = out
-        wav = crop_or_pad(wav, self.crop, random=self.random_crop)
+        wav = crop_or_pad(wav, self.crop, generator=generator, random=self.random_crop)
         return {"wav": wav, "label": label, "index": i}
 
 

@@ -5,6 +5,14 @@ With `subgroups` (e.g. intra-speaker k-means clusters) it gives P speakers x C c
 so every anchor has a positive (same cluster) and same-speaker negatives (the speaker's other
 clusters). Under DDP every rank draws from the same seeded epoch plan and takes every
 world_size-th batch, so ranks get disjoint batches and the same number of them.
+
+Each batch item is an `(index, item_seed)` pair: the seed is a function of (seed, epoch, batch,
+position) only, so random crops and augmentation do not depend on worker scheduling or on the
+global RNG, and a resumed run draws exactly the crops the uninterrupted run would have drawn.
+
+Lightning calls `set_epoch` on `dataloader.sampler` and `dataloader.batch_sampler.sampler`, never on
+a batch sampler itself; `PKBatchSampler.sampler` is therefore a relay whose `set_epoch` reaches
+the batch sampler, so every epoch gets its own plan under Lightning's loop.
 """
 from __future__ import annotations
 
@@ -43,7 +51,28 @@ class _CyclingPool:
         return out
 
 
-class PKBatchSampler(Sampler[list[int]]):
+def item_seed(seed: int, epoch: int, batch: int, position: int) -> int:
+    """Seed of one batch item: independent of workers, ranks and the global RNG."""
+    return int(np.random.SeedSequence([seed, epoch, batch, position]).generate_state(1)[0])
+
+
+class _EpochRelay(Sampler[int]):
+    """What Lightning sees as `batch_sampler.sampler`: forwards `set_epoch`, iterates the epoch's items."""
+
+    def __init__(self, owner: "PKBatchSampler"):
+        self._owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self._owner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        return (i for batch in self._owner.rank_batches() for i in batch)
+
+    def __len__(self) -> int:
+        return len(self._owner) * self._owner.batch_size
+
+
+class PKBatchSampler(Sampler[list[tuple[int, int]]]):
     def __init__(self, groups: Sequence, n_groups: int, n_per_group: int, subgroups: Sequence | None = None,
                  n_subgroups: int = 2, batches_per_epoch: int | None = None, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None):
@@ -63,6 +92,7 @@ class PKBatchSampler(Sampler[list[int]]):
             raise ValueError(f"PKBatchSampler: batch asks for {self.n_groups} groups (speakers) but only {n_eligible} "
                              f"have {need}; lower n_groups (data.batch.n_speakers) or use more data")
         self._batches_per_epoch = batches_per_epoch
+        self.sampler = _EpochRelay(self)
 
     def _index(self):
         self.by_group = defaultdict(list)
@@ -133,9 +163,16 @@ class PKBatchSampler(Sampler[list[int]]):
                 batches.append(batch)
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def rank_batches(self) -> list[list[int]]:
+        """This rank's batches of the epoch plan (every world_size-th batch), as dataset indices."""
         rank, world = self._rank_world()
-        yield from self.epoch_plan()[rank::world]
+        return self.epoch_plan()[rank::world]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        rank, world = self._rank_world()
+        for b, batch in enumerate(self.epoch_plan()):
+            if b % world == rank:
+                yield [(i, item_seed(self.seed, self.epoch, b, j)) for j, i in enumerate(batch)]
 
     def __len__(self) -> int:
         return self.batches_per_epoch

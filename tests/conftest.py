@@ -45,8 +45,10 @@ def make_cfg(config_name: str, tmp_path: Path, overrides: list[str], data_dir: P
 
 @pytest.fixture
 def train_cfg_factory(tmp_path, synthetic_cache):
-    def factory(*overrides: str, tiny: bool = True) -> DictConfig:
-        return make_cfg("train.yaml", tmp_path, (TINY_CORPUS if tiny else []) + list(overrides), synthetic_cache)
+    def factory(*overrides: str, tiny: bool = True, out: str | None = None) -> DictConfig:
+        """out: a sub-folder of the test's tmp dir for this run (several runs in one test)."""
+        run_dir = tmp_path / out if out else tmp_path
+        return make_cfg("train.yaml", run_dir, (TINY_CORPUS if tiny else []) + list(overrides), synthetic_cache)
 
     yield factory
     GlobalHydra.instance().clear()

@@ -2,6 +2,8 @@
 gathering across DDP ranks, and that training on synthetic speech teaches emotion without labels."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -115,7 +117,7 @@ def test_mtl_builds_speaker_head_from_datamodule_and_reloads(train_cfg_factory, 
     assert 0 <= metrics["train/grl_scale"] < 1  # DANN ramp
     from lightning_modules.contrastive_mtl import ContrastiveMTLModule
 
-    reloaded = ContrastiveMTLModule.load_from_checkpoint(objs["trainer"].checkpoint_callback.last_model_path)
+    reloaded = ContrastiveMTLModule.load_from_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
     assert torch.equal(reloaded.speaker_loss.W, model.speaker_loss.W.cpu())
 
 

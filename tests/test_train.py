@@ -38,15 +38,71 @@ def test_ddp_simulated_on_two_cpu_processes(train_cfg_factory):
     assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()
 
 
-def test_resume_from_last_checkpoint_continues_epoch_count(train_cfg_factory):
-    cfg = train_cfg_factory("trainer.max_epochs=1", "data.batches_per_epoch=2")
-    train(cfg)
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+def _callback(trainer, cls):
+    return next(cb for cb in trainer.callbacks if isinstance(cb, cls))
+
+
+def test_last_checkpoint_is_the_final_state_even_when_the_best_epoch_was_earlier(train_cfg_factory):
+    # test/epoch with mode=min makes epoch 0 the best: Lightning's save_last would leave last.ckpt there.
+    cfg = train_cfg_factory("trainer.max_epochs=3", "data.batches_per_epoch=2", "callbacks.model_summary=null",
+                            "+callbacks.epoch_metric._target_=tests.helpers.EpochAsMetric",
+                            "callbacks.model_checkpoint.monitor=test/epoch", "callbacks.model_checkpoint.mode=min")
+    metrics, objs = train(cfg)
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    assert Path(metrics["best_ckpt_path"]).name == "epoch_000.ckpt"
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == objs["trainer"].global_step == 6
+    assert torch.load(metrics["best_ckpt_path"], weights_only=True)["global_step"] == 2
+
+
+def test_last_checkpoint_every_n_steps_keeps_the_newest_step(train_cfg_factory):
+    cfg = train_cfg_factory("trainer.max_epochs=1", "data.batches_per_epoch=5", "callbacks.model_summary=null",
+                            "callbacks.latest_checkpoint.every_n_train_steps=2")
+    from callbacks.latest_checkpoint import LatestCheckpoint
+
+    saved = []
+    original = LatestCheckpoint.save
+    LatestCheckpoint.save = lambda self, trainer: saved.append(trainer.global_step) or original(self, trainer)
+    try:
+        train(cfg)
+    finally:
+        LatestCheckpoint.save = original
+    assert saved == [2, 4, 5]  # steps 2 and 4, then the epoch end
+    assert torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+
+
+def test_resume_from_last_checkpoint_continues_like_an_uninterrupted_run(train_cfg_factory):
+    """Resuming means: the next epoch index, the optimizer step count and the final weights of the
+    uninterrupted run (terms that hold across Lightning releases)."""
+    from tests.helpers import RecordProgress
+
+    common = ["trainer.max_epochs=2", "data.batches_per_epoch=3", "callbacks.model_summary=null",
+              "callbacks.progress_bar=null", "+callbacks.progress._target_=tests.helpers.RecordProgress"]
+    _, full = train(train_cfg_factory(*common, out="uninterrupted"))
+    killed_cfg = train_cfg_factory(*common, "+callbacks.stop._target_=tests.helpers.StopAfterEpoch", out="killed")
+    _, killed = train(killed_cfg)
+    last = Path(killed_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert _callback(killed["trainer"], RecordProgress).epochs == [0]
     assert torch.load(last, weights_only=True)["epoch"] == 0
-    cfg2 = train_cfg_factory("trainer.max_epochs=2", "data.batches_per_epoch=2", f"ckpt_path={last}")
-    _, objs = train(cfg2)
-    assert objs["trainer"].current_epoch == 2
-    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+    _, resumed = train(train_cfg_factory(*common, f"ckpt_path={last}", out="resumed"))
+    progress, full_progress = _callback(resumed["trainer"], RecordProgress), _callback(full["trainer"], RecordProgress)
+    assert progress.epochs == [1] and progress.start_step == 3
+    assert full_progress.batches[0] != full_progress.batches[1]  # Lightning's loop reshuffles the P x K plan
+    assert progress.batches[1] == full_progress.batches[1]  # ... and a resumed run continues the same plan
+    assert resumed["trainer"].global_step == full["trainer"].global_step == 6
+    opt_steps = lambda t: {int(s["step"]) for s in t.optimizers[0].state_dict()["state"].values()}  # noqa: E731
+    assert opt_steps(resumed["trainer"]) == opt_steps(full["trainer"]) == {6}
+    a, b = full["model"].state_dict(), resumed["model"].state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
+
+
+def test_ckpt_path_last_without_a_previous_run_is_a_clear_error(train_cfg_factory):
+    cfg = train_cfg_factory("debug=fdr", "ckpt_path=last")
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path='last'.*last\.ckpt does not exist"):
+        train(cfg)
 
 
 def test_resolved_config_is_saved_in_the_run_dir(train_cfg_factory):

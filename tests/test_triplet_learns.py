@@ -15,8 +15,8 @@ from utils.training import build_model
 def test_triplet_training_lowers_held_out_eer(train_cfg_factory):
     cfg = train_cfg_factory(
         "experiment=triplet_speaker", "backbone=ge2e", "model.loss=triplet", "model.miner=batch_hard",
-        "data.corpus_options.n_speakers=12", "data.corpus_options.emotions=[neutral]",
-        "data.corpus_options.clips_per_emotion=10", "data.val_speakers=4", "data.n_speakers=4",
+        "data.corpus_options.n_speakers=16", "data.corpus_options.emotions=[neutral]",
+        "data.corpus_options.clips_per_emotion=10", "data.val_speakers=6", "data.n_speakers=4",
         "data.n_per_speaker=4", "data.crop_seconds=1.0", "data.batches_per_epoch=10", "trainer.max_epochs=3",
         "trainer.check_val_every_n_epoch=100", "model.lr=0.0001", "model.scheduler=none",
         "callbacks.model_summary=null", "callbacks.progress_bar=null", tiny=False)

@@ -25,6 +25,9 @@ def launch(task: Callable, config_name: str) -> None:
 
     @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "configs"), config_name=config_name)
     def _main(cfg):
+        from utils.console import quiet_console
+
+        quiet_console()
         try:
             return task(cfg)
         except ConfigError as e:
