@@ -5,7 +5,14 @@ import numpy as np
 
 
 def compute_eer(scores, labels) -> float:
-    """EER (fraction) of `scores` (higher = same) for binary `labels` (1 = same speaker)."""
+    """EER (fraction) of `scores` (higher = same) for binary `labels` (1 = same speaker).
+
+    Read off sklearn's ROC curve, which puts tied scores at one operating point, so the result
+    does not depend on the order of the trials (all-tied scores give 0.5); between two ROC points
+    the EER is the linear interpolation where the false-reject and false-accept rates cross.
+    """
+    from sklearn.metrics import roc_curve
+
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
     if scores.shape != labels.shape:
@@ -13,20 +20,15 @@ def compute_eer(scores, labels) -> float:
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"compute_eer needs both target and non-target trials, got {n_pos} target and {n_neg} non-target")
-    order = np.argsort(-scores, kind="mergesort")
-    lab = labels[order]
-    # Threshold just below each sorted score: accept everything up to i.
-    tp = np.concatenate([[0], np.cumsum(lab)])
-    fp = np.concatenate([[0], np.cumsum(~lab)])
-    frr = 1 - tp / n_pos
-    far = fp / n_neg
-    i = int(np.argmin(np.abs(frr - far)))
-    # Interpolate between neighbouring points for a less step-like estimate.
-    if i + 1 < len(far) and (frr[i] - far[i]) * (frr[i + 1] - far[i + 1]) < 0:
-        d0, d1 = frr[i] - far[i], frr[i + 1] - far[i + 1]
-        t = d0 / (d0 - d1)
-        return float(far[i] + t * (far[i + 1] - far[i]))
-    return float((frr[i] + far[i]) / 2)
+    far, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    frr = 1.0 - tpr
+    # far rises and frr falls along the curve: the first point with frr <= far ends the crossing segment.
+    i = int(np.argmax(frr <= far))
+    if i == 0 or frr[i] == far[i]:
+        return float(far[i])
+    d0, d1 = frr[i - 1] - far[i - 1], frr[i] - far[i]
+    t = d0 / (d0 - d1)
+    return float(far[i - 1] + t * (far[i] - far[i - 1]))
 
 
 def pairwise_trials(embeddings: np.ndarray, speakers, max_pairs: int | None = None, seed: int = 0):
