@@ -3,11 +3,10 @@ from utils.entrypoint import launch
 
 
 def main_task(cfg):
-    from utils.training import train
+    from utils.training import optimized_metric_value, train
 
     metrics, _ = train(cfg)
-    metric = cfg.get("optimized_metric")
-    return metrics.get(metric) if metric else None
+    return optimized_metric_value(cfg, metrics)
 
 
 if __name__ == "__main__":

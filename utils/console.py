@@ -1,4 +1,4 @@
-"""One console line per event: Hydra's handlers print, nothing else does.
+"""One console line per event: Hydra's handlers print, nothing else does; under DDP only rank 0.
 
 Lightning attaches its own stream handlers to the `lightning.*` loggers, so under Hydra every
 Lightning message appeared twice; faiss logs each CPU-feature probe of its loader; Lightning
@@ -37,5 +37,11 @@ def quiet_console() -> None:
         if not any(isinstance(f, _DropAdverts) for f in h.filters):
             h.addFilter(_DropAdverts())
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:  # DDP: only rank 0 talks on the console (files keep all)
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                h.setLevel(logging.WARNING)
     # Emitted by torch from inside Lightning's own code on every fit; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")

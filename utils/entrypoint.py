@@ -1,12 +1,65 @@
-"""Shared launcher for train.py / evaluate.py: friendly config errors, then Hydra's own main."""
+"""Shared launcher for train.py / evaluate.py: friendly config errors, then Hydra's own main.
+
+The task runs inside a wrapper (as in lightning-hydra-template) that always closes the loggers,
+failed runs included, so a crashed run's W&B page is marked failed instead of hanging "running";
+in a multirun sweep a failed job can be returned as NaN (`sweep_failed_job_as_nan: true`, set by
+the hparams_search presets) so Optuna records the trial as failed and the search goes on.
+"""
 from __future__ import annotations
 
+import logging
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
+
+
+def close_loggers(failed: bool) -> None:
+    """Finish an open W&B run (exit code 1 when the task failed); other loggers flush on their own."""
+    try:
+        import wandb
+    except ImportError:  # pragma: no cover - wandb is a dependency
+        return
+    if wandb.run is not None:
+        log.info("closing the W&B run (%s)", "failed" if failed else "finished")
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def run_task(task: Callable, cfg):
+    """Run `task(cfg)`; close loggers whatever happens; in sweeps optionally turn a failure into NaN."""
+    from utils.config_checks import ConfigError
+
+    failed = True
+    try:
+        out = task(cfg)
+        failed = False
+        return out
+    except ConfigError:
+        raise
+    except Exception:
+        if _is_multirun() and cfg.get("sweep_failed_job_as_nan", False):
+            log.exception("job failed; returning NaN so the sweeper records a failed trial and continues")
+            return math.nan
+        raise
+    finally:
+        close_loggers(failed)
+        out_dir = cfg.get("paths", {}).get("output_dir") if hasattr(cfg, "get") else None
+        if out_dir:
+            log.info("output dir: %s", out_dir)
+
+
+def _is_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # outside a Hydra app
+        return False
 
 
 def launch(task: Callable, config_name: str) -> None:
@@ -29,7 +82,7 @@ def launch(task: Callable, config_name: str) -> None:
 
         quiet_console()
         try:
-            return task(cfg)
+            return run_task(task, cfg)
         except ConfigError as e:
             print(f"Config error: {e}", file=sys.stderr)
             sys.exit(2)

@@ -44,6 +44,19 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     return str(p)
 
 
+def optimized_metric_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """The value sweepers optimise (`optimized_metric`); NaN, with a warning naming what was logged, when
+    the run never logged it (Optuna then records a failed trial instead of a made-up score)."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        logged = sorted(k for k, v in metrics.items() if isinstance(v, float))
+        log.warning("optimized_metric=%r was not logged by this run (logged: %s); returning NaN", name, logged)
+        return float("nan")
+    return float(metrics[name])
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     check_required(cfg, ["data.root", "data.corpus"])
     check_data_root(cfg.data)
