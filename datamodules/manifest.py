@@ -2,8 +2,13 @@
 
 `build_manifest` is meant to run in ONE process (a LightningDataModule's `prepare_data`); other
 ranks then read the cached JSONL. The cache file name hashes the corpus, the resolved root and the
-parser/probe options, so changing any of them builds a new manifest instead of reusing a stale one.
-Every clip that is not in the manifest is named in the summary with its reason.
+parser/probe/quality options, so changing any of them builds a new manifest instead of reusing a
+stale one. Every clip that is not in the manifest is named in the summary with its reason.
+
+The probe decodes every file once: duration, rate and channels, plus the audio-quality checks of
+`datamodules.audio_quality` (silence, near-silence, NaN/Inf, too short after trimming, clipping)
+with the configured action per category. Multi-channel files (downmixed when read) and files at a
+rate other than the corpus's usual one are counted and named in the summary too.
 """
 from __future__ import annotations
 
@@ -16,17 +21,20 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import soundfile as sf
 
 from datamodules.audio import AudioDecodeError, audio_info, resolve_audio_path
+from datamodules.audio_quality import (
+    ClipQuality, QualityPolicy, QualityTally, disabled_summary, assess_clip, format_quality,
+)
 from datamodules.corpora import get_parser
 from datamodules.corpora.base import check_expected_counts
 from datamodules.records import ClipRecord, read_jsonl, write_jsonl
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: quality checks, multichannel / sample-rate reports
 MAX_STORED_SKIPS_PER_REASON = 1000  # the summary json keeps this many names per reason (all are counted)
 
 
@@ -34,70 +42,118 @@ class ExpectedCountWarning(UserWarning):
     """A full corpus does not have the size its publication reports: labels or audio are missing."""
 
 
-def _options_material(corpus: str, root: str | Path, probe_audio: bool, check_silence: bool,
-                      parser_options: dict) -> dict:
+class Probe(NamedTuple):
+    info: Optional[tuple[float, int, int]]  # (duration seconds, sample rate, channels) of a usable file
+    reason: Optional[str]  # why the file is unusable (None when usable or only flagged)
+    quality: Optional[ClipQuality]  # None when quality is not checked or the file does not decode
+
+
+def _policy(quality: Any) -> Optional[QualityPolicy]:
+    return QualityPolicy.from_config(quality)
+
+
+def _options_material(corpus: str, root: str | Path, probe_audio: bool, quality: Any, parser_options: dict) -> dict:
+    policy = _policy(quality) if probe_audio else None
     return {"version": MANIFEST_VERSION, "corpus": corpus, "root": str(Path(root).expanduser().resolve()),
-            "probe_audio": probe_audio, "check_silence": check_silence, "options": parser_options}
+            "probe_audio": probe_audio, "quality": policy.to_dict() if policy else None, "options": parser_options}
 
 
 def manifest_paths(corpus: str, root: str | Path, cache_dir: str | Path, probe_audio: bool = True,
-                   check_silence: bool = False, **parser_options: Any) -> tuple[Path, Path]:
-    """(records .jsonl, summary .json) paths for these arguments; the name hashes root + options."""
-    material = _options_material(corpus, root, probe_audio, check_silence, parser_options)
+                   quality: Any = None, **parser_options: Any) -> tuple[Path, Path]:
+    """(records .jsonl, summary .json) paths for these arguments; the name hashes root + options + quality policy."""
+    material = _options_material(corpus, root, probe_audio, quality, parser_options)
     digest = hashlib.sha1(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:12]
     base = Path(cache_dir).expanduser() / f"{corpus}-{digest}"
     return base.with_suffix(".jsonl"), base.with_suffix(".summary.json")
 
 
-def probe_file(path: str | Path, check_silence: bool = False) -> tuple[Optional[tuple[float, int, int]], Optional[str]]:
-    """((duration, sample_rate, channels), None) for a usable file, else (None, reason)."""
+def probe_file(path: str | Path, policy: Optional[QualityPolicy] = None) -> Probe:
+    """Probe one file: a reason when it cannot be used at all, else its info and (with a policy) its quality.
+
+    Without a policy only the header is read; with one the file is decoded once, whatever its extension
+    says (libsndfile reads the format from the content), and assessed by `assess_clip`.
+    """
     p = resolve_audio_path(path)
     try:
         size = p.stat().st_size
     except FileNotFoundError:
-        return None, "missing audio file"
+        return Probe(None, "missing audio file", None)
     if size == 0:
-        return None, "empty file (0 bytes)"
+        return Probe(None, "empty file (0 bytes)", None)
     with open(p, "rb") as f:
         head = f.read(64)
     if not any(head):
-        return None, "all-zero header (corrupt or truncated file)"
-    try:
-        duration, sr, channels = audio_info(p)
-    except AudioDecodeError:
-        return None, f"unreadable audio ({p.suffix.lower() or 'no extension'})"
-    if duration <= 0:
-        return None, "no audio frames"
-    if check_silence:
+        return Probe(None, "all-zero header (corrupt or truncated file)", None)
+    if policy is None:
         try:
-            data = sf.read(str(p), dtype="float32", always_2d=True)[0]
-        except Exception:  # libsndfile raises several types for corrupt payloads
-            return None, "undecodable audio data"
-        if not np.any(data):
-            return None, "silent audio (all samples zero)"
-    return (duration, sr, channels), None
+            duration, sr, channels = audio_info(p)
+        except AudioDecodeError:
+            return Probe(None, f"unreadable audio ({p.suffix.lower() or 'no extension'})", None)
+        if duration <= 0:
+            return Probe(None, "no audio frames", None)
+        return Probe((duration, sr, channels), None, None)
+    try:
+        f = sf.SoundFile(str(p))
+    except Exception:  # soundfile raises several types for files it does not recognise
+        return Probe(None, f"unreadable audio ({p.suffix.lower() or 'no extension'})", None)
+    try:
+        with f:
+            sr, channels = f.samplerate, f.channels
+            data = f.read(dtype="float32", always_2d=True)
+    except Exception:  # a valid header over a corrupt payload
+        return Probe(None, "undecodable audio data", None)
+    if len(data) == 0:
+        return Probe(None, "no audio frames", None)
+    return Probe((len(data) / sr, sr, channels), None, assess_clip(data, sr, policy))
 
 
-def probe_records(records: list[ClipRecord], num_workers: Optional[int] = None, check_silence: bool = False,
-                  progress: bool = True) -> tuple[list[ClipRecord], list[tuple[str, str]]]:
-    """Fill duration/sample_rate; return (usable records, [(path, reason)] for the rest). Order is kept."""
+def probe_records(records: list[ClipRecord], num_workers: Optional[int] = None, quality: Any = None,
+                  progress: bool = True, check_quality: bool = True,
+                  ) -> tuple[list[ClipRecord], list[tuple[str, str]]]:
+    """Fill duration/sample_rate; return (usable records, [(path, reason)] for the rest). Order is kept.
+
+    With `check_quality` (default) every file is decoded and assessed under `quality` (a QualityPolicy or
+    its config mapping; None = defaults); a clip whose action is `error` raises AudioQualityError after
+    all files were probed, naming every offender. `probe_records_with_tally` also returns the counts.
+    """
+    kept, skipped, _ = probe_records_with_tally(records, num_workers, quality if check_quality else {"enabled": False},
+                                                progress)
+    return kept, skipped
+
+
+def probe_records_with_tally(records: list[ClipRecord], num_workers: Optional[int] = None, quality: Any = None,
+                             progress: bool = True, context: str = "manifest",
+                             ) -> tuple[list[ClipRecord], list[tuple[str, str]], Optional[QualityTally]]:
+    policy = _policy(quality)
+    tally = QualityTally(policy) if policy is not None else None
     workers = num_workers if num_workers is not None else min(16, 4 * (os.cpu_count() or 1))
     paths = [r.path for r in records]
     if workers <= 1:
-        results = map(lambda p: probe_file(p, check_silence), paths)
-        results = list(_progress(results, len(paths), progress))
+        results = list(_progress(map(lambda p: probe_file(p, policy), paths), len(paths), progress))
     else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:  # header reads are I/O bound; libsndfile drops the GIL
-            results = list(_progress(pool.map(lambda p: probe_file(p, check_silence), paths), len(paths), progress))
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # libsndfile and numpy release the GIL
+            results = list(_progress(pool.map(lambda p: probe_file(p, policy), paths), len(paths), progress))
     kept, skipped = [], []
-    for rec, (info, reason) in zip(records, results, strict=True):
-        if info is None:
-            skipped.append((rec.path, reason))
+    for rec, probe in zip(records, results, strict=True):
+        if probe.info is None:
+            skipped.append((rec.path, probe.reason))
             continue
-        duration, sr, channels = info
-        extra = dict(rec.extra, channels=channels) if channels != 1 else rec.extra
+        duration, sr, channels = probe.info
+        extra = dict(rec.extra)
+        if channels != 1:
+            extra["channels"] = channels
+        q = probe.quality
+        if q is not None and tally is not None:
+            tally.add(rec.path, q)
+            if q.action == "skip":
+                skipped.append((rec.path, policy.reason(q.category)))
+                continue
+            if q.flags:
+                extra["quality_flags"] = list(q.flags)
         kept.append(replace(rec, duration=round(duration, 4), sample_rate=sr, extra=extra))
-    return kept, skipped
+    if tally is not None:
+        tally.raise_for_errors(context)
+    return kept, skipped, tally
 
 
 def _progress(iterable, total: int, enabled: bool):
@@ -110,8 +166,29 @@ def _progress(iterable, total: int, enabled: bool):
     return tqdm(iterable, total=total, desc="probing audio", unit="file", mininterval=1.0)
 
 
+def _channels_and_rates(records: list[ClipRecord]) -> dict:
+    """Multi-channel files (downmixed when read) and files at a rate other than the corpus's usual one."""
+    multi = [r for r in records if int(r.extra.get("channels", 1)) > 1]
+    rates = Counter(r.sample_rate for r in records if r.sample_rate is not None)
+    outliers: dict[str, list[str]] = {}
+    if len(rates) > 1:
+        usual = rates.most_common(1)[0][0]
+        for r in records:
+            if r.sample_rate is not None and r.sample_rate != usual:
+                names = outliers.setdefault(str(r.sample_rate), [])
+                if len(names) < MAX_STORED_SKIPS_PER_REASON:
+                    names.append(r.path)
+    return {
+        "multichannel_counts": dict(Counter(str(r.extra["channels"]) for r in multi).most_common()),
+        "multichannel": [r.path for r in multi[:MAX_STORED_SKIPS_PER_REASON]],
+        "usual_sample_rate": rates.most_common(1)[0][0] if rates else None,
+        "sample_rate_outliers": dict(sorted(outliers.items(), key=lambda kv: int(kv[0]))),
+    }
+
+
 def summarize(records: list[ClipRecord], skipped: list[tuple[str, str]], warnings_: list[str],
-              expected_counts: dict[str, int], material: Optional[dict] = None) -> dict:
+              expected_counts: dict[str, int], material: Optional[dict] = None,
+              quality: Optional[QualityTally] = None) -> dict:
     per_speaker = Counter(r.speaker for r in records)
     durations = [r.duration for r in records if r.duration is not None]
     by_reason: dict[str, list[str]] = defaultdict(list)
@@ -121,6 +198,7 @@ def summarize(records: list[ClipRecord], skipped: list[tuple[str, str]], warning
     def counts(values) -> dict:
         return dict(Counter("-" if v is None else str(v) for v in values).most_common())
 
+    quality_summary = quality.summary() if quality is not None else disabled_summary()
     return {
         "manifest": material or {},
         "num_clips": len(records),
@@ -136,6 +214,10 @@ def summarize(records: list[ClipRecord], skipped: list[tuple[str, str]], warning
         "per_speaker": dict(sorted(per_speaker.items())),
         "skipped_counts": dict(Counter(reason for _, reason in skipped).most_common()),
         "skipped": dict(by_reason),
+        # every flagged clip by its decisive category, whatever the action (skip, keep): {} when not checked
+        "quality_counts": dict(quality_summary["counts"]),
+        "quality": quality_summary,
+        **_channels_and_rates(records),
         "warnings": list(warnings_),
         "expected_counts": dict(expected_counts),
         "count_problems": check_expected_counts(records, expected_counts),
@@ -152,8 +234,13 @@ def _table(title: str, counts: dict, total: int) -> list[str]:
     return lines
 
 
+def _names(names: list[str], count: int, max_names: int) -> str:
+    return ", ".join(names[:max_names]) + (" ..." if count > min(len(names), max_names) else "")
+
+
 def format_summary(summary: dict, max_names: int = 5, max_speakers: int = 40) -> str:
-    """Plain-text report: sizes per label/4-class/split/session/speaker, hours, skips by reason with names."""
+    """Plain-text report: sizes per label/4-class/split/session/speaker, hours, audio quality, channels and
+    rates, skips by reason with names."""
     m = summary.get("manifest", {})
     n = summary["num_clips"]
     hours = summary["total_hours"]
@@ -162,6 +249,20 @@ def format_summary(summary: dict, max_names: int = 5, max_speakers: int = 40) ->
              + (f"{hours:.2f}" if hours is not None else "n/a (audio not probed)")]
     if summary["sample_rates"] and list(summary["sample_rates"]) != ["-"]:
         lines.append("  sample rates: " + ", ".join(f"{k} Hz x {v}" for k, v in summary["sample_rates"].items()))
+    outliers = summary.get("sample_rate_outliers") or {}
+    if outliers:
+        n_out = sum(int(summary["sample_rates"].get(k, len(v))) for k, v in outliers.items())
+        lines.append(f"  unusual sample rates: {n_out} file(s) not at the usual {summary['usual_sample_rate']} Hz "
+                     "(resampled when read):")
+        for rate, names in outliers.items():
+            lines.append(f"    {rate} Hz x {summary['sample_rates'].get(rate, len(names))}: "
+                         f"{_names(names, int(summary['sample_rates'].get(rate, len(names))), max_names)}")
+    multi = summary.get("multichannel_counts") or {}
+    if multi:
+        total = sum(multi.values())
+        lines.append(f"  downmixed to mono: {total} multi-channel file(s) ("
+                     + ", ".join(f"{k} ch x {v}" for k, v in multi.items()) + "): "
+                     + _names(summary.get("multichannel", []), total, max_names))
     for key, title in (("per_emotion", "emotion"), ("per_emotion4", "4-class (- = outside the set)"),
                        ("per_split", "split"), ("per_session", "session"), ("per_gender", "gender")):
         lines += _table(title, summary[key], n)
@@ -173,13 +274,14 @@ def format_summary(summary: dict, max_names: int = 5, max_speakers: int = 40) ->
             sizes = sorted(spk.values())
             lines.append(f"  clips per speaker: min {sizes[0]}, median {statistics.median(sizes):g}, max {sizes[-1]} "
                          f"over {len(sizes)} speakers")
+    if "quality" in summary:
+        lines += format_quality(summary["quality"], max_names)
     skipped = summary["skipped_counts"]
     if skipped:
         lines.append(f"  SKIPPED {sum(skipped.values())} item(s):")
         for reason, count in skipped.items():
-            names = summary["skipped"].get(reason, [])[:max_names]
-            more = " ..." if count > len(names) else ""
-            lines.append(f"    {count:>6}  {reason}: {', '.join(names)}{more}")
+            names = summary["skipped"].get(reason, [])
+            lines.append(f"    {count:>6}  {reason}: {_names(names, count, max_names)}")
     for w in summary["warnings"]:
         lines.append(f"  warning: {w}")
     for problem in summary["count_problems"]:
@@ -202,15 +304,17 @@ def _report(summary: dict, verbose: bool, cached: bool) -> None:
 
 
 def build_manifest(corpus: str, root: str | Path, cache_dir: str | Path, probe_audio: bool = True,
-                   num_workers: Optional[int] = None, check_silence: bool = False, refresh: bool = False,
+                   num_workers: Optional[int] = None, quality: Any = None, refresh: bool = False,
                    verbose: bool = True, progress: bool = True, **parser_options: Any) -> list[ClipRecord]:
     """Parse `corpus` at `root`, probe its audio and cache the records; reuse the cache when present.
 
-    Call from a single process. `check_silence` decodes every file to find all-zero clips (slow on big
-    corpora); `refresh` rebuilds even when a cache exists. Returns only usable records; the summary
-    (`manifest_paths(...)[1]`) lists everything left out.
+    Call from a single process. `quality` is the audio-quality policy (`data.quality`: a mapping or a
+    QualityPolicy; None = the defaults, `{enabled: false}` = header-only probe, no checks); a category
+    whose action is `error` raises AudioQualityError naming the files, and nothing is cached. `refresh`
+    rebuilds even when a cache exists. Returns only usable records; the summary (`manifest_paths(...)[1]`)
+    lists everything left out and every clip kept with a quality flag.
     """
-    jsonl, summary_path = manifest_paths(corpus, root, cache_dir, probe_audio, check_silence, **parser_options)
+    jsonl, summary_path = manifest_paths(corpus, root, cache_dir, probe_audio, quality, **parser_options)
     if not refresh and jsonl.is_file() and summary_path.is_file():  # summary is written last: both => complete
         summary = json.loads(summary_path.read_text())
         records = read_jsonl(jsonl)
@@ -220,11 +324,13 @@ def build_manifest(corpus: str, root: str | Path, cache_dir: str | Path, probe_a
     parse = get_parser(corpus)
     result = parse(root, **parser_options)
     records, skipped = result.records, list(result.skipped)
+    tally = None
     if probe_audio:
-        records, probe_skips = probe_records(records, num_workers, check_silence, progress)
+        records, probe_skips, tally = probe_records_with_tally(records, num_workers, quality, progress,
+                                                               context=f"{corpus} manifest ({root})")
         skipped += probe_skips
-    material = _options_material(corpus, root, probe_audio, check_silence, parser_options)
-    summary = summarize(records, skipped, result.warnings, result.expected_counts, material)
+    material = _options_material(corpus, root, probe_audio, quality, parser_options)
+    summary = summarize(records, skipped, result.warnings, result.expected_counts, material, tally)
     write_jsonl(records, jsonl)
     tmp = summary_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=1, default=str))
@@ -234,19 +340,19 @@ def build_manifest(corpus: str, root: str | Path, cache_dir: str | Path, probe_a
 
 
 def load_summary(corpus: str, root: str | Path, cache_dir: str | Path, probe_audio: bool = True,
-                 check_silence: bool = False, **parser_options: Any) -> dict:
+                 quality: Any = None, **parser_options: Any) -> dict:
     """The summary json of a built manifest (raises FileNotFoundError naming the path when not built)."""
-    path = manifest_paths(corpus, root, cache_dir, probe_audio, check_silence, **parser_options)[1]
+    path = manifest_paths(corpus, root, cache_dir, probe_audio, quality, **parser_options)[1]
     if not path.is_file():
         raise FileNotFoundError(f"no manifest summary at {path}; run build_manifest first")
     return json.loads(path.read_text())
 
 
 def load_manifest(corpus: str, root: str | Path, cache_dir: str | Path, probe_audio: bool = True,
-                  check_silence: bool = False, **parser_options: Any) -> list[ClipRecord]:
+                  quality: Any = None, **parser_options: Any) -> list[ClipRecord]:
     """Read a manifest built earlier (e.g. in `prepare_data` on rank 0) without ever parsing or probing."""
-    jsonl, summary_path = manifest_paths(corpus, root, cache_dir, probe_audio, check_silence, **parser_options)
+    jsonl, summary_path = manifest_paths(corpus, root, cache_dir, probe_audio, quality, **parser_options)
     if not (jsonl.is_file() and summary_path.is_file()):
         raise FileNotFoundError(f"no complete manifest at {jsonl} (+ {summary_path.name}); call build_manifest with "
-                                "the same corpus, root and options first")
+                                "the same corpus, root, options and data.quality first")
     return read_jsonl(jsonl)

@@ -33,11 +33,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from datamodules.audio import AudioDecodeError, audio_info, load_audio, resample, resolve_audio_path
+from datamodules.audio_quality import ClipQuality, QualityPolicy, QualityTally, assess_clip
 from datamodules.records import ClipRecord
 
 INDEX_NAME = "shards.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
-READABLE_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -57,8 +57,9 @@ def write_shards(records: Sequence[ClipRecord], out_dir: str | Path, clips_per_s
                  progress: bool = True, overwrite: bool = False) -> list[Path]:
     """Pack records into tar shards; returns the shard paths (in order).
 
-    sample_rate=None stores each file's original bytes (it must be WAV/FLAC/OGG); a rate re-encodes
-    every clip (16-bit `audio_format`) at that rate, which also fixes mixed-rate corpora once.
+    sample_rate=None stores each file's original bytes (any format libsndfile decodes, whatever the
+    extension says); a rate re-encodes every clip (16-bit `audio_format`) at that rate, which also
+    fixes mixed-rate corpora once.
     Unreadable clips are left out, counted in the index and reported with a warning.
     """
     if clips_per_shard < 1:
@@ -101,10 +102,7 @@ def write_shards(records: Sequence[ClipRecord], out_dir: str | Path, clips_per_s
         src = resolve_audio_path(rec.path)
         try:
             if sample_rate is None:
-                if src.suffix.lower() not in READABLE_EXTENSIONS:
-                    raise AudioDecodeError(f"{src}: '{src.suffix}' cannot be decoded by the shard reader; "
-                                           "convert it to WAV or pass sample_rate to re-encode")
-                audio_info(src)  # fail now rather than at training time
+                audio_info(src)  # fail now rather than at training time (the format is read from the content)
                 data, ext = src.read_bytes(), src.suffix.lower()
             else:
                 data, ext = _encode(load_audio(src, sample_rate), sample_rate, audio_format), f".{audio_format}"
@@ -144,13 +142,15 @@ def read_index(shard_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _decode(data: bytes, target_sr: int, name: str) -> torch.Tensor:
+def _decode(data: bytes, target_sr: int, name: str,
+            policy: Optional[QualityPolicy] = None) -> tuple[torch.Tensor, Optional[ClipQuality]]:
     try:
         samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile raises several types
         raise AudioDecodeError(f"cannot decode shard member {name}: {e}") from e
+    quality = assess_clip(samples, sr, policy) if policy is not None else None
     wav = torch.from_numpy(np.ascontiguousarray(samples.mean(axis=1)))
-    return resample(wav, sr, target_sr)
+    return resample(wav, sr, target_sr), quality
 
 
 class ShardDataset(IterableDataset):
@@ -160,6 +160,9 @@ class ShardDataset(IterableDataset):
     rank/world_size: default to torch.distributed when initialised, else 0/1.
     shuffle: permute shard order per epoch and pass clips through a `shuffle_buffer`-sized buffer.
     transform: called as `transform(record, wav)`; its result is yielded instead of the pair.
+    quality: `data.quality` (datamodules/audio_quality.py; None = the defaults, `{enabled: false}` = off):
+    every clip is checked as the manifest probe checks it; skipped and kept-but-flagged clips are counted
+    (`quality_counts`, this process's last pass) and reported in a warning at the end of each pass.
 
     Call `set_epoch(epoch)` before each epoch's iterator is created (e.g. in the datamodule's
     `train_dataloader` with `reload_dataloaders_every_n_epochs=1`, or from a callback with
@@ -170,7 +173,7 @@ class ShardDataset(IterableDataset):
     def __init__(self, shards: str | Path | Sequence[str | Path], sample_rate: int = 16000, shuffle: bool = False,
                  shuffle_buffer: int = 1000, seed: int = 0, rank: Optional[int] = None,
                  world_size: Optional[int] = None, partition: Literal["shard", "clip"] = "shard",
-                 transform: Optional[Callable[[ClipRecord, torch.Tensor], Any]] = None):
+                 transform: Optional[Callable[[ClipRecord, torch.Tensor], Any]] = None, quality: Any = None):
         super().__init__()
         if isinstance(shards, (str, Path)):
             index = read_index(shards)
@@ -191,6 +194,8 @@ class ShardDataset(IterableDataset):
         self.sample_rate, self.shuffle, self.shuffle_buffer, self.seed = sample_rate, shuffle, shuffle_buffer, seed
         self.rank, self.world_size, self.partition, self.transform = rank, world_size, partition, transform
         self.epoch = 0
+        self.quality = QualityPolicy.from_config(quality)
+        self.quality_counts: dict[str, int] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -262,7 +267,18 @@ class ShardDataset(IterableDataset):
         raw = self._raw_clips(consumer, consumers)
         if self.shuffle and self.shuffle_buffer > 1:
             raw = self._buffered(raw, random.Random(f"buffer-{self.seed}-{self.epoch}-{consumer}"))
+        tally = QualityTally(self.quality) if self.quality is not None else None
         for meta, data, name in raw:
             record = ClipRecord.from_dict(meta["record"])
-            wav = _decode(data, self.sample_rate, name)
+            wav, quality = _decode(data, self.sample_rate, name, self.quality)
+            if tally is not None and quality.category is not None:
+                tally.add(f"{record.path} ({name})", quality)
+                tally.raise_for_errors(f"ShardDataset ({record.path})")
+                if quality.action == "skip":
+                    continue
             yield self.transform(record, wav) if self.transform is not None else (record, wav)
+        if tally is not None:
+            self.quality_counts = dict(tally.counts)
+            report = tally.report(f"ShardDataset consumer {consumer}")
+            if report:
+                warnings.warn(report, stacklevel=2)

@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def load_corpus_records(corpus: str, root: str | Path, cache_dir: str | Path, options: dict | None = None,
-                        build: bool = True) -> list[ClipRecord]:
+                        build: bool = True, quality: dict | None = None) -> list[ClipRecord]:
     """Build (or reuse) the cached manifest of a corpus and return its records.
 
     `build=False` only reads a manifest built before (every rank in `setup`, after rank 0's `prepare_data`).
+    `quality` is `data.quality` (datamodules/audio_quality.py; None = the defaults).
     """
     options = dict(options or {})
     if corpus == "synthetic":
@@ -36,7 +37,7 @@ def load_corpus_records(corpus: str, root: str | Path, cache_dir: str | Path, op
         return parse_synthetic(Path(manifest).parent)
     from datamodules.manifest import build_manifest, load_manifest
 
-    return (build_manifest if build else load_manifest)(corpus, root, cache_dir, **options)
+    return (build_manifest if build else load_manifest)(corpus, root, cache_dir, quality=quality, **options)
 
 
 def split_speakers(speakers: Sequence[str], n_val: int | float, seed: int) -> tuple[set, set]:
@@ -59,7 +60,7 @@ class SpeakerDataModule(L.LightningDataModule):
                  train_splits: Sequence[str] | None = None, trim_silence: bool = True, normalize_loudness: bool = False,
                  augment: Any = None, num_workers: int = 0, seed: int = 0, speakers: Sequence[str] | None = None,
                  format: str = "files", shards_dir: str | None = None, clips_per_shard: int = 1000,
-                 shuffle_buffer: int = 2000):
+                 shuffle_buffer: int = 2000, quality: dict | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["augment"])
         self.augment = augment
@@ -78,7 +79,7 @@ class SpeakerDataModule(L.LightningDataModule):
     # ----- data preparation -----
     def prepare_data(self) -> None:
         h = self.hparams
-        records = load_corpus_records(h.corpus, h.root, h.cache_dir, h.corpus_options)
+        records = load_corpus_records(h.corpus, h.root, h.cache_dir, h.corpus_options, quality=h.quality)
         if h.format == "shards" and not (Path(h.shards_dir) / "shards.json").exists():
             from datamodules.shards import write_shards
 
@@ -106,7 +107,7 @@ class SpeakerDataModule(L.LightningDataModule):
         if self.train_records:
             return
         h = self.hparams
-        records = load_corpus_records(h.corpus, h.root, h.cache_dir, h.corpus_options, build=False)
+        records = load_corpus_records(h.corpus, h.root, h.cache_dir, h.corpus_options, build=False, quality=h.quality)
         self.train_records, self.val_records = self._split(records)
         val_spk = {r.speaker for r in self.val_records}
         self.speakers = sorted({r.speaker for r in self.train_records})
@@ -169,7 +170,7 @@ class SpeakerDataModule(L.LightningDataModule):
             return crop.transform_loaded(index[record.utt_id], wav)
 
         ds = ShardDataset(h.shards_dir, sample_rate=h.sample_rate, shuffle=True, shuffle_buffer=h.shuffle_buffer,
-                          seed=h.seed, transform=transform)
+                          seed=h.seed, transform=transform, quality=h.quality)
         ds.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
         return DataLoader(ds, batch_size=h.n_speakers * h.n_per_speaker, drop_last=True, **self._loader_kwargs())
 

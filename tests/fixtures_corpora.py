@@ -1,7 +1,8 @@
 """Build tiny corpus trees in each corpus's exact shipped layout (names, metadata formats, quirks).
 
-Audio is a few hundred samples of seeded noise, so the trees are fast to write yet every file has
-distinct, checkable content. Each builder returns the root a user would point `data.root` at.
+Audio is 0.3 s of seeded noise (long enough to pass the manifest's audio-quality checks, whose
+default minimum is 0.25 s of speech), so the trees are fast to write yet every file has distinct,
+checkable content. Each builder returns the root a user would point `data.root` at.
 """
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ import soundfile as sf
 SHARED_CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 
 
-def write_wav(path: Path, n: int = 160, sr: int = 16000, channels: int = 1, seed: int = 0) -> Path:
+CLIP_SAMPLES = 4800  # 0.3 s at 16 kHz
+
+
+def write_wav(path: Path, n: int = CLIP_SAMPLES, sr: int = 16000, channels: int = 1, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     data = (0.1 * rng.standard_normal((n, channels))).astype("float32")
@@ -29,13 +33,13 @@ def write_wav(path: Path, n: int = 160, sr: int = 16000, channels: int = 1, seed
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_wav_bytes(n: int = 160, sr: int = 16000) -> bytes:
+def tiny_wav_bytes(n: int = CLIP_SAMPLES, sr: int = 16000) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.zeros(n, dtype="float32") + 0.01, sr, format="WAV", subtype="PCM_16")
     return buf.getvalue()
 
 
-def write_many(paths: Iterable[Path], n: int = 160, sr: int = 16000) -> None:
+def write_many(paths: Iterable[Path], n: int = CLIP_SAMPLES, sr: int = 16000) -> None:
     """Same tiny WAV at many paths: hard links to one file (thousands per second), copies as fallback."""
     data = tiny_wav_bytes(n, sr)
     first: Path | None = None
@@ -134,10 +138,10 @@ def build_ravdess(root: Path, files: list[dict], stereo: Iterable[str] = (), ext
     stereo = set(stereo)
     for i, kw in enumerate(files):
         name = ravdess_name(**kw)
-        write_wav(base / f"Actor_{kw.get('actor', 1):02d}" / name, n=480, sr=48000,
+        write_wav(base / f"Actor_{kw.get('actor', 1):02d}" / name, n=14400, sr=48000,
                   channels=2 if name in stereo else 1, seed=i)
     for name in extra_names:
-        write_wav(base / "Actor_01" / name, n=480, sr=48000)
+        write_wav(base / "Actor_01" / name, n=14400, sr=48000)
     return root
 
 

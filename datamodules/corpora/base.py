@@ -38,7 +38,13 @@ EMOTION_ALIASES = {
     "xxx": "no_agreement", "no_agreement": "no_agreement",
 }
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".m4a")
+# Extensions of files read as audio. libsndfile reads the format from the content, not the name (a FLAC
+# copy named .wav decodes); m4a is listed so VoxCeleb2's AAC files are found and reported (or replaced
+# by a same-stem .wav conversion, see datamodules/audio.resolve_audio_path).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd",
+                    ".w64", ".rf64", ".caf", ".m4a")
+# When one clip exists in several formats (a release's .wav next to a .flac conversion), this one is used.
+FORMAT_PREFERENCE = (".wav", ".flac")
 
 
 def normalize_emotion(raw: str) -> Optional[str]:
@@ -118,12 +124,12 @@ def require_dir(path: Path, corpus: str, expected: str) -> Path:
     return path
 
 
-def walk_files(root: Path, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> Iterator[Path]:
-    """Files under root with one of the extensions, in a stable (sorted) order.
+def walk_files(root: Path, extensions: Optional[Iterable[str]] = AUDIO_EXTENSIONS) -> Iterator[Path]:
+    """Files under root with one of the extensions (any file with `extensions=None`), in a stable (sorted) order.
 
     Skips macOS AppleDouble files (`._name`) and hidden folders, which unpacked archives often carry.
     """
-    exts = tuple(e.lower() for e in extensions)
+    exts = tuple(e.lower() for e in extensions) if extensions is not None else ("",)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
@@ -155,3 +161,31 @@ def read_text_any(path: Path) -> str:
 
 def speaker_id(corpus: str, local: str) -> str:
     return f"{corpus}:{local}"
+
+
+def _format_rank(path: Path) -> int:
+    ext = path.suffix.lower()
+    return FORMAT_PREFERENCE.index(ext) if ext in FORMAT_PREFERENCE else len(FORMAT_PREFERENCE)
+
+
+def one_per_clip(paths: Iterable[Path], result: ParseResult) -> list[Path]:
+    """One file per clip (same folder + stem): the preferred format; every other copy is skipped with a reason."""
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    for p in paths:
+        groups.setdefault((p.parent, p.stem), []).append(p)
+    kept = []
+    for group in groups.values():
+        group.sort(key=lambda p: (_format_rank(p), p.suffix.lower(), p.name))
+        kept.append(group[0])
+        for other in group[1:]:
+            result.skip(other, f"same clip as {group[0].name} in another format")
+    return sorted(kept)
+
+
+def find_audio(folder: Path, stem: str) -> Optional[Path]:
+    """The audio file `folder/stem.<ext>` in the preferred format, whatever the release's extension was."""
+    for ext in sorted(AUDIO_EXTENSIONS, key=lambda e: _format_rank(Path(e))):
+        candidate = folder / f"{stem}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None

@@ -8,6 +8,9 @@ shared alias table (ang/anger -> angry, ...); a label neither knows is skipped a
 
 Speaker: from `speaker_regex`, else the clip's parent folder (when it is not the emotion folder),
 else the file stem — with a warning, since speaker-independent folds are then impossible.
+
+Files without an audio extension are skipped and reported ("not an audio file (.txt)"); a clip present
+in two formats (x.wav and x.flac) is used once (the .wav), the other copy reported.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Literal, Mapping, Optional
 
 from datamodules.corpora.base import (
-    AUDIO_EXTENSIONS, ParseResult, normalize_emotion, require_dir, speaker_id, to_emotion4, walk_files,
+    AUDIO_EXTENSIONS, ParseResult, normalize_emotion, one_per_clip, require_dir, speaker_id, to_emotion4, walk_files,
 )
 from datamodules.records import ClipRecord
 
@@ -60,9 +63,16 @@ def parse_folders(
     label_map = dict(label_map or {})
     lower_map = {str(k).lower(): v for k, v in label_map.items()}
     result = ParseResult(corpus=corpus_name, root=root)
-    files = list(walk_files(root, tuple(extensions)))
+    exts = tuple(e.lower() for e in extensions)
+    files = []
+    for path in walk_files(root, None):  # a user-made tree: every other file is reported, not ignored
+        if path.name.lower().endswith(exts):
+            files.append(path)
+        else:
+            result.skip(path, f"not an audio file ({path.suffix.lower() or 'no extension'})")
     if not files:
-        raise FileNotFoundError(f"{corpus_name}: no audio files with extensions {tuple(extensions)} under {root}")
+        raise FileNotFoundError(f"{corpus_name}: no audio files with extensions {exts} under {root}")
+    files = one_per_clip(files, result)
     stem_speakers = 0
     for path in files:
         rel = path.relative_to(root)
