@@ -7,11 +7,12 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from utils.config_checks import check_data_root, check_required, check_targets
+from utils.cpu_features import warn_if_slow_bf16
 from utils.instantiators import instantiate_callbacks, instantiate_loggers
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,18 @@ def save_resolved_config(cfg: DictConfig, output_dir: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, path, resolve=True)
     return path
+
+
+def log_hyperparameters(loggers: list, cfg: DictConfig, model: L.LightningModule) -> None:
+    """The resolved config plus parameter counts, so dashboards can filter and compare runs by them."""
+    if not loggers:
+        return
+    params = {"model/params/total": sum(p.numel() for p in model.parameters()),
+              "model/params/trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    params["model/params/non_trainable"] = params["model/params/total"] - params["model/params/trainable"]
+    hparams = {**OmegaConf.to_container(cfg, resolve=True), **params}
+    for lg in loggers:
+        lg.log_hyperparams(hparams)
 
 
 def build_model(cfg: DictConfig) -> L.LightningModule:
@@ -72,9 +85,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     model = build_model(cfg)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
+    if loggers and not any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
+        callbacks.append(LearningRateMonitor(logging_interval="step"))  # the LR curve on every dashboard
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    warn_if_slow_bf16(trainer)  # bf16 asked on a CPU that only emulates it: say so before the run starts
+    log_hyperparameters(loggers, cfg, model)
 
     ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt)
