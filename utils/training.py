@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from utils.config_checks import check_data_root, check_required, check_targets
 from utils.cpu_features import warn_if_slow_bf16
-from utils.cpu_features import warn_if_slow_bf16
 from utils.instantiators import instantiate_callbacks, instantiate_loggers
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if loggers and not any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
         callbacks.append(LearningRateMonitor(logging_interval="step"))  # the LR curve on every dashboard
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    warn_if_slow_bf16(trainer)  # bf16 asked on a CPU that only emulates it: say so before the run starts
     warn_if_slow_bf16(trainer)  # bf16 asked on a CPU that only emulates it: say so before the run starts
     log_hyperparameters(loggers, cfg, model)
 
