@@ -5,16 +5,23 @@ checks live here once: a silently misaligned label array would corrupt every num
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
 # Official-split values the protocols understand; anything else must be mapped by the extractor.
-VALID_SPLITS = ("train", "test")
+# "unused": in the corpus's own split but in neither part (e.g. MSP-Podcast Development); the
+# official protocol leaves it out (counted), k-fold uses it like any other row.
+UNUSED_SPLIT = "unused"
+VALID_SPLITS = ("train", "test", UNUSED_SPLIT)
 _OPTIONAL = ("split", "session", "utt_id")
+# Where the embeddings came from (which speakers shaped the encoder, the corpus report): one JSON
+# string in the .npz, so a later re-fit from the file is checked like an extraction.
+PROVENANCE_KEY = "provenance"
 
 
 def _as_str_array(values, name: str) -> np.ndarray:
@@ -39,6 +46,9 @@ class EmbeddingSet:
     """N clips: `embeddings` (N, D) float32 and per-clip labels as unicode arrays.
 
     `emotion` ints are kept as their decimal strings ("0", "1", ...) so labels have one type.
+    `speaker_unknown` (bool, optional): rows whose real speaker is unknown (their speaker id is a
+    per-clip placeholder), which the protocols never test. `provenance` (not a per-row array): where
+    the embeddings came from, see `evaluation.provenance`.
     """
 
     embeddings: np.ndarray
@@ -47,6 +57,8 @@ class EmbeddingSet:
     split: Optional[np.ndarray] = None
     session: Optional[np.ndarray] = None
     utt_id: Optional[np.ndarray] = None
+    speaker_unknown: Optional[np.ndarray] = None
+    provenance: Optional[dict] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
@@ -56,6 +68,11 @@ class EmbeddingSet:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, _as_str_array(value, name))
+        if self.speaker_unknown is not None:
+            flags = np.asarray(self.speaker_unknown)
+            if flags.ndim != 1 or flags.dtype.kind not in "bi" or not np.isin(flags, (0, 1)).all():
+                raise ValueError(f"EmbeddingSet.speaker_unknown must be a 1-D boolean array, got {flags.dtype} {flags.shape}")
+            self.speaker_unknown = flags.astype(bool)
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0]) if self.embeddings.ndim >= 1 else 0
@@ -65,12 +82,17 @@ class EmbeddingSet:
         return sorted(set(self.emotion.tolist()))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The present arrays by field name (absent optional fields left out)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        """The present per-row arrays by field name (absent optional fields left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != PROVENANCE_KEY and getattr(self, f.name) is not None}
+
+    def unknown_speaker_mask(self) -> np.ndarray:
+        """Rows whose real speaker is unknown (all False when the set has no such flag)."""
+        return np.zeros(len(self), dtype=bool) if self.speaker_unknown is None else self.speaker_unknown
 
     def subset(self, idx) -> "EmbeddingSet":
         idx = np.asarray(idx)
-        return EmbeddingSet(**{name: arr[idx] for name, arr in self.arrays().items()})
+        return EmbeddingSet(**{name: arr[idx] for name, arr in self.arrays().items()}, provenance=self.provenance)
 
     def validate(self) -> "EmbeddingSet":
         """Raise ValueError naming the offending array/rows; returns self so calls can chain."""
@@ -110,8 +132,11 @@ def save_npz(emb_set: EmbeddingSet, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    arrays = dict(emb_set.arrays())
+    if emb_set.provenance is not None:
+        arrays[PROVENANCE_KEY] = np.array(json.dumps(emb_set.provenance, sort_keys=True, default=str))
     with open(tmp, "wb") as f:  # a file handle stops numpy from appending ".npz"
-        np.savez(f, **emb_set.arrays())
+        np.savez(f, **arrays)
     tmp.replace(path)
     return path
 
@@ -132,8 +157,17 @@ def load_npz(path: str | Path) -> EmbeddingSet:
     unknown = sorted(set(arrays) - allowed)
     if unknown:
         raise ValueError(f"{path}: unknown array(s) {unknown}; expected a subset of {sorted(allowed)}")
+    provenance = None
+    if PROVENANCE_KEY in arrays:
+        raw = arrays.pop(PROVENANCE_KEY)
+        try:
+            provenance = json.loads(str(raw.item()) if raw.ndim == 0 else "")
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: array '{PROVENANCE_KEY}' must hold one JSON string ({e})") from e
+        if not isinstance(provenance, dict):
+            raise ValueError(f"{path}: array '{PROVENANCE_KEY}' must hold a JSON object, got {type(provenance).__name__}")
     try:
-        return EmbeddingSet(**arrays).validate()
+        return EmbeddingSet(**arrays, provenance=provenance).validate()
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
 

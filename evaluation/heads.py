@@ -54,6 +54,9 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         `inner_folds` speaker-disjoint folds (GroupKFold on `groups`) of the training rows only.
     nystroem_threshold: exact SVC costs O(n^2)-O(n^3); above this many training rows a Nystroem
         kernel map (same gamma, `nystroem_components` landmarks) + a linear classifier is used.
+    use_nystroem: the switch decided by the caller (True/False), so that every fit of one
+        evaluation uses the same model; None decides once per `fit` from its rows, and grid-search
+        inner folds then follow that decision (they never pick the exact SVC for a Nystroem refit).
     nystroem_solver: the linear classifier on the Nystroem features. "ridge" (default):
         RidgeClassifier with alpha = 1/(2C) (same regularisation ratio as the SVM objective), a
         closed-form solve: measured ~100x faster than "linear_svc" (LinearSVC with the same C) on
@@ -74,6 +77,7 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         nystroem_solver: str = "ridge",
         linear_max_iter: int = 10_000,
         cache_size_mb: float = 1000.0,
+        use_nystroem: bool | None = None,
         random_state: int = 0,
     ):
         self.C = C
@@ -87,6 +91,7 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         self.nystroem_solver = nystroem_solver
         self.linear_max_iter = linear_max_iter
         self.cache_size_mb = cache_size_mb
+        self.use_nystroem = use_nystroem
         self.random_state = random_state
 
     def _resolve_gamma(self, X: np.ndarray) -> float:
@@ -104,7 +109,7 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         gamma = self._resolve_gamma(X)
         n = len(X)
         self.gamma_ = gamma
-        self.uses_nystroem_ = n > self.nystroem_threshold
+        self.uses_nystroem_ = n > self.nystroem_threshold if self.use_nystroem is None else bool(self.use_nystroem)
         if self.uses_nystroem_:
             n_comp = min(self.nystroem_components, n)
             if self.nystroem_solver == "ridge":
@@ -114,10 +119,12 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
                                    random_state=self.random_state)
             else:
                 raise ValueError(f"SVMHead.nystroem_solver must be 'ridge' or 'linear_svc', got {self.nystroem_solver!r}")
-            log.warning(
-                "SVMHead: %d training rows > nystroem_threshold=%d: approximating the RBF kernel with "
-                "Nystroem(n_components=%d, gamma=%g) + %s (C=%g) instead of the exact SVC",
-                n, self.nystroem_threshold, n_comp, gamma, type(linear).__name__, self.C,
+            # the caller that forced the switch reports it once; a standalone decision is reported here
+            log.log(
+                logging.WARNING if self.use_nystroem is None else logging.INFO,
+                "SVMHead: %d training rows (nystroem_threshold=%d, use_nystroem=%s): approximating the RBF kernel "
+                "with Nystroem(n_components=%d, gamma=%g) + %s (C=%g) instead of the exact SVC",
+                n, self.nystroem_threshold, self.use_nystroem, n_comp, gamma, type(linear).__name__, self.C,
             )
             steps += [
                 ("nystroem", Nystroem(kernel="rbf", gamma=gamma, n_components=n_comp, random_state=self.random_state)),
@@ -138,7 +145,7 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         return self
 
     def _fit_grid(self, X: np.ndarray, y: np.ndarray, groups) -> None:
-        tunable = set(self.get_params()) - {"param_grid"}
+        tunable = set(self.get_params()) - {"param_grid", "use_nystroem"}
         unknown = sorted(set(self.param_grid) - tunable)
         if unknown:
             raise ValueError(f"SVMHead.param_grid: unknown parameter(s) {unknown}; tunable: {sorted(tunable)}")
@@ -151,8 +158,10 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
                 f"SVMHead grid search: {n_groups} training speakers < inner_folds={self.inner_folds}; "
                 "lower inner_folds or drop param_grid"
             )
+        # Decided once from all training rows: inner folds (fewer rows) must fit the same model as the refit.
+        use_nystroem = len(X) > self.nystroem_threshold if self.use_nystroem is None else bool(self.use_nystroem)
         search = GridSearchCV(
-            clone(self).set_params(param_grid=None),
+            clone(self).set_params(param_grid=None, use_nystroem=use_nystroem),
             {k: list(v) for k, v in self.param_grid.items()},
             scoring="balanced_accuracy",
             cv=GroupKFold(n_splits=self.inner_folds, shuffle=True, random_state=self.random_state),
@@ -170,47 +179,37 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         return self.model_.predict(np.asarray(X))
 
 
-_SVM_PARAMS = tuple(inspect.signature(SVMHead.__init__).parameters)[1:]
+SVM_PARAMS = tuple(inspect.signature(SVMHead.__init__).parameters)[1:]
 
 
 class SadFirstHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
     """Seed paper's hierarchy: stage 1 separates sad from the rest (sad is the most distinct in
     speaker-embedding space); stage 2, trained on non-sad rows only, labels what stage 1 called rest.
-    Both stages are `SVMHead`s sharing the SVM parameters below.
+
+    svm: the parameters of both stages, one `SVMHead` parameter group (e.g. {"C": 1000, "gamma": 0.1});
+        unset ones keep SVMHead's defaults. `class_weight` and `random_state` apply to both stages
+        (set like every head's), overriding the group's.
     """
 
-    def __init__(
-        self,
-        sad_label: str = "sad",
-        C: float = 1000.0,
-        gamma: float | str = 0.1,
-        standardize: bool = False,
-        class_weight: str | dict | None = None,
-        param_grid: dict | None = None,
-        inner_folds: int = 3,
-        nystroem_threshold: int = 20_000,
-        nystroem_components: int = 2000,
-        nystroem_solver: str = "ridge",
-        linear_max_iter: int = 10_000,
-        cache_size_mb: float = 1000.0,
-        random_state: int = 0,
-    ):
+    def __init__(self, sad_label: str = "sad", svm: dict | None = None, class_weight: str | dict | None = None,
+                 random_state: int = 0):
         self.sad_label = sad_label
-        self.C = C
-        self.gamma = gamma
-        self.standardize = standardize
+        self.svm = svm
         self.class_weight = class_weight
-        self.param_grid = param_grid
-        self.inner_folds = inner_folds
-        self.nystroem_threshold = nystroem_threshold
-        self.nystroem_components = nystroem_components
-        self.nystroem_solver = nystroem_solver
-        self.linear_max_iter = linear_max_iter
-        self.cache_size_mb = cache_size_mb
         self.random_state = random_state
 
+    def check_arguments(self) -> None:
+        unknown = sorted(set(self.svm or {}) - set(SVM_PARAMS))
+        if unknown:
+            raise ValueError(f"head 'sad_first': unknown svm parameter(s) {unknown}; valid: {list(SVM_PARAMS)}")
+
     def _stage(self) -> SVMHead:
-        return SVMHead(**{k: getattr(self, k) for k in _SVM_PARAMS})
+        self.check_arguments()
+        params = dict(self.svm or {})
+        params["random_state"] = self.random_state
+        if self.class_weight is not None:
+            params["class_weight"] = self.class_weight
+        return SVMHead(**params)
 
     def fit(self, X, y, groups=None) -> "SadFirstHead":
         X, y = _check_xy(X, y)
@@ -318,4 +317,7 @@ def make_head(name: str, **kwargs):
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"head {name!r}: unknown argument(s) {unknown}; valid arguments: {valid}")
-    return HEADS[name](**kwargs)
+    head = HEADS[name](**kwargs)
+    if hasattr(head, "check_arguments"):  # nested parameter groups, checked before any fit
+        head.check_arguments()
+    return head

@@ -1,7 +1,9 @@
 """Fit every classifier head on every fold and write the scores: the one path by which the
-framework's SER numbers are produced, so folds, seeds and label order are all recorded with them."""
+framework's SER numbers are produced, so folds, seeds, label order, what was left out, where the
+embeddings came from and the uncertainty of every mean are all recorded with them."""
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -14,10 +16,13 @@ from threadpoolctl import threadpool_limits
 
 from evaluation.balancing import balance_training, check_balancing
 from evaluation.embeddings_io import EmbeddingSet
-from evaluation.heads import head_params, make_head
-from evaluation.metrics import compute_metrics, summarize_folds
-from evaluation.protocols import Fold, make_folds, resolve_protocol
-from evaluation.report import flatten_scalars, plot_confusion, print_table, write_metrics_csv, write_metrics_json
+from evaluation.heads import SVMHead, head_params, make_head
+from evaluation.metrics import SCALARS, compute_metrics, summarize_folds
+from evaluation.protocols import Fold, FoldPlan, plan_folds
+from evaluation.provenance import Provenance, check_leakage
+from evaluation.report import (flatten_scalars, plot_confusion, print_notes, print_table, table_title,
+                               write_metrics_csv, write_metrics_json)
+from evaluation.statistics import INTERVAL_METHOD, corrected_t_interval
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +95,72 @@ def _fit_fold_heads(k: int, fold: Fold, X: np.ndarray, y: np.ndarray, speakers: 
         entry = {**fold.describe(), "n_fit": int(len(train_idx)), **m, "fit_seconds": round(fit_s, 3)}
         if balancing == "undersample":
             entry["undersample_seed"] = seed + k
-        if getattr(head, "uses_nystroem_", False):
+        if getattr(head, "uses_nystroem_", False) or getattr(getattr(head, "stage1_", None), "uses_nystroem_", False):
             entry["nystroem"] = True
         if hasattr(head, "best_params_"):
             entry["best_params"] = head.best_params_
         out[name] = entry
     return out
+
+
+def _nystroem_decisions(heads: Sequence[str], kwargs_by_head: dict[str, dict], folds: Sequence[Fold], y: np.ndarray,
+                        balancing: str, seed: int) -> dict[str, dict]:
+    """One Nystroem-or-exact decision per SVM head for the whole evaluation, from its largest training part.
+
+    Deciding per fit let folds (and grid-search inner folds) of one evaluation fit different models.
+    """
+    n_fit = max(len(balance_training(y[f.train_idx], balancing, seed=seed + k)[0]) for k, f in enumerate(folds))
+    defaults = inspect.signature(SVMHead.__init__).parameters
+    out = {}
+    for name in heads:
+        if name not in ("svm", "sad_first"):
+            continue
+        params = kwargs_by_head[name] if name == "svm" else (kwargs_by_head[name].get("svm") or {})
+        threshold = int(params.get("nystroem_threshold", defaults["nystroem_threshold"].default))
+        forced = params.get("use_nystroem")
+        used = bool(forced) if forced is not None else n_fit > threshold
+        out[name] = {"used": used, "largest_training_part": int(n_fit), "threshold": threshold,
+                     "decided_by": "use_nystroem" if forced is not None else "largest training part > threshold"}
+        if used:
+            log.warning("%s: the largest training part has %d rows (nystroem_threshold=%d): every fit of this "
+                        "evaluation uses the Nystroem approximation of the RBF kernel", name, n_fit, threshold)
+    return out
+
+
+def _with_nystroem(name: str, kwargs: dict, decision: dict | None) -> dict:
+    if decision is None:
+        return kwargs
+    if name == "svm":
+        return {**kwargs, "use_nystroem": decision["used"]}
+    return {**kwargs, "svm": {**(kwargs.get("svm") or {}), "use_nystroem": decision["used"]}}
+
+
+def _test_train_ratio(folds: Sequence[Fold]) -> float:
+    return float(np.mean([len(f.test_idx) / len(f.train_idx) for f in folds]))
+
+
+def _summarize_head(fold_entries: list[dict], labels: list[str], plan: FoldPlan, ratio: float) -> dict:
+    out = summarize_folds(fold_entries, labels)
+    for key in SCALARS:
+        ci = corrected_t_interval([f[key] for f in fold_entries], ratio)
+        out[f"{key}_ci95"] = None if ci is None else [ci["low"], ci["high"]]
+    out["n_scores"] = len(fold_entries)
+    if plan.repeats > 1:
+        out["per_repeat"] = [{"repeat": r, **{k: float(np.mean([f[k] for f in fold_entries if f["repeat"] == r]))
+                                              for k in SCALARS}} for r in range(plan.repeats)]
+    return out
+
+
+def evaluation_labels(protocol_block: dict) -> list[str]:
+    """Caveats that must travel with every printed or written figure (empty: a clean figure)."""
+    labels = []
+    if protocol_block.get("transductive"):
+        labels.append("TRANSDUCTIVE")
+    if not protocol_block.get("speaker_independent", True):
+        labels.append("NOT speaker-independent")
+    if (protocol_block.get("leakage") or {}).get("status") == "unknown":
+        labels.append("provenance unknown")
+    return labels
 
 
 def run_evaluation(
@@ -113,13 +178,27 @@ def run_evaluation(
     n_jobs: int = 1,
     blas_threads: int | None = 1,
     verbose: bool = True,
+    repeats: int = 1,
+    allow_speaker_overlap: bool = False,
+    unknown_speakers_train: bool | None = None,
+    provenance: Provenance | None = None,
+    allow_transductive: bool = False,
+    data_report: dict | None = None,
+    plan: FoldPlan | None = None,
 ) -> dict:
     """Evaluate `heads` under `protocol`; return (and write to `out_dir` unless None) the results.
 
-    Result: {"protocol": {...}, <head>: {wa, ua, macro_f1, weighted_f1 (fold means, fractions),
-    *_std, per_class_f1, confusion (summed), labels, folds: [...]}}.
-    head_kwargs: {head name: constructor kwargs}, e.g. {"svm": {"C": 10, "standardize": True}}.
+    Result: {"protocol": {...}, "data": {...}, <head>: {wa, ua, macro_f1, weighted_f1 (means over
+    folds x repeats, fractions), *_std, *_ci95 ([low, high], see evaluation.statistics), per_class_f1,
+    confusion (summed), labels, per_repeat, folds: [...]}}.
+    head_kwargs: {head name: constructor kwargs}, e.g. {"svm": {"C": 10}, "sad_first": {"svm": {"C": 10}}}.
     balancing: "none" | "undersample" (seeded with seed + fold index) | "class_weight".
+    repeats: k-fold repeated with seeds seed, seed + 1, ... (other protocols are deterministic: once).
+    allow_speaker_overlap / unknown_speakers_train: see evaluation.protocols.plan_folds.
+    provenance: which speakers shaped the encoder (evaluation.provenance); folds testing on them
+        are refused unless allow_transductive, and then labelled TRANSDUCTIVE everywhere.
+    data_report: the corpus report copied into results["data"] (the evaluation adds what it left out).
+    plan: precomputed folds (e.g. to score two embedding sets on identical folds).
     n_jobs: folds fitted in parallel processes (joblib); results do not depend on it.
     blas_threads: BLAS threads while fitting (None = library default). 1 by default: these matrices
         are small, and multi-threaded OpenBLAS on a busy 2-core machine was measured ~10x slower
@@ -134,11 +213,17 @@ def run_evaluation(
     check_balancing(balancing)
     kwargs_by_head = _check_head_kwargs(heads, head_kwargs)
     class_order = _check_class_order(emb_set, class_order)
-    folds = make_folds(emb_set, protocol, n_folds=n_folds, seed=seed, test_speakers=test_speakers)
-
+    if plan is None:
+        plan = plan_folds(emb_set, protocol, n_folds=n_folds, seed=seed, test_speakers=test_speakers, repeats=repeats,
+                          allow_speaker_overlap=allow_speaker_overlap, unknown_speakers_train=unknown_speakers_train)
+    folds = plan.folds
+    leakage = check_leakage([f.test_speakers for f in folds], provenance, allow_transductive)
     X, y, speakers = emb_set.embeddings, emb_set.emotion, emb_set.speaker
+    nystroem = _nystroem_decisions(heads, kwargs_by_head, folds, y, balancing, seed)
+    fit_kwargs = {name: _with_nystroem(name, kwargs_by_head[name], nystroem.get(name)) for name in heads}
+
     t0 = time.perf_counter()
-    args = [(k, fold, X, y, speakers, heads, kwargs_by_head, balancing, seed, class_order, blas_threads)
+    args = [(k, fold, X, y, speakers, heads, fit_kwargs, balancing, seed, class_order, blas_threads)
             for k, fold in enumerate(folds)]
     if n_jobs == 1 or len(folds) == 1:
         per_fold = [_fit_fold(*a) for a in args]
@@ -149,30 +234,41 @@ def run_evaluation(
     elapsed = time.perf_counter() - t0
 
     counts = Counter(y.tolist())
-    results: dict = {
-        "protocol": {
-            "name": resolve_protocol(emb_set, protocol, test_speakers),
-            "requested": protocol,
-            "n_folds": len(folds),
-            "seed": seed,
-            "balancing": balancing,
-            "class_order": class_order,
-            "counts": {c: int(counts[c]) for c in class_order},
-            "n_rows": len(emb_set),
-            "n_speakers": int(len(np.unique(speakers))),
-            "embedding_dim": int(X.shape[1]),
-            "heads": heads,
-            "head_kwargs": kwargs_by_head,
-            "folds": [f.describe() for f in folds],
-            "n_jobs": n_jobs,
-            "blas_threads": blas_threads,
-            "seconds": round(elapsed, 2),
-        }
+    ratio = _test_train_ratio(folds)
+    protocol_block = {
+        **plan.describe(),
+        "n_folds": len(folds),
+        "seed": seed,
+        "fold_seeds": [seed + r for r in range(plan.repeats)] if plan.protocol == "kfold" else None,
+        "balancing": balancing,
+        "class_order": class_order,
+        "counts": {c: int(counts[c]) for c in class_order},
+        "n_rows": len(emb_set),
+        "n_speakers": int(len(np.unique(speakers))),
+        "embedding_dim": int(X.shape[1]),
+        "heads": heads,
+        "head_kwargs": kwargs_by_head,
+        "nystroem": nystroem,
+        "interval": {"confidence": 0.95, "method": INTERVAL_METHOD, "test_train_ratio": ratio,
+                     "n_scores": len(folds)},
+        "provenance": None if provenance is None else provenance.summary(),
+        "leakage": leakage,
+        "transductive": leakage["transductive"],
+        "folds": [f.describe() for f in folds],
+        "n_jobs": n_jobs,
+        "blas_threads": blas_threads,
+        "seconds": round(elapsed, 2),
     }
+    protocol_block["labels"] = evaluation_labels(protocol_block)
+    protocol_block["evaluation"] = "; ".join(protocol_block["labels"]) or "speaker-independent"
+    data = dict(data_report or {})
+    data["left_out_by_evaluation"] = {**data.get("left_out_by_evaluation", {}), **plan.left_out}
+    data["n_rows_evaluated"] = len(emb_set)
+    results: dict = {"protocol": protocol_block, "data": data}
     for name in heads:
         fold_entries = [pf[name] for pf in per_fold]
         labels = fold_entries[0]["per_class_f1"].keys()
-        results[name] = {**summarize_folds(fold_entries, list(labels)), "folds": fold_entries}
+        results[name] = {**_summarize_head(fold_entries, list(labels), plan, ratio), "folds": fold_entries}
 
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -181,11 +277,10 @@ def run_evaluation(
         write_metrics_csv(results, out_dir / "metrics.csv")
         for name in heads:
             plot_confusion(results[name]["confusion"], results[name]["labels"], out_dir / f"confusion_{name}.png",
-                           title=f"{name} ({results['protocol']['name']}, {len(folds)} fold(s), summed)")
+                           title=f"{name} ({table_title(results, short=True)}, summed)")
     if verbose:
-        p = results["protocol"]
-        print_table(results, title=f"protocol={p['name']} folds={p['n_folds']} seed={seed} balancing={balancing} "
-                                   f"n={p['n_rows']} speakers={p['n_speakers']}")
+        print_table(results, title=table_title(results))
+        print_notes(results)
     if logger_fn is not None:
         logger_fn(flatten_scalars(results))
     return results

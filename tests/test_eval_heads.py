@@ -8,6 +8,7 @@ import pytest
 from evaluation.embeddings_io import synthetic_set
 from evaluation.heads import HEADS, DetectionHead, SadFirstHead, SVMHead, make_head
 from evaluation.metrics import compute_metrics
+from sklearn.base import clone
 
 
 def _split(sep: float, seed: int = 0, **kw):
@@ -129,6 +130,46 @@ def test_make_head_rejects_unknown_names_and_arguments():
         make_head("svn")
     with pytest.raises(ValueError, match=r"unknown argument\(s\) \['c'\].*'C'"):
         make_head("svm", c=10)
-    head = make_head("sad_first", C=5.0, sad_label="triste")
-    assert head.C == 5.0 and head.sad_label == "triste"
+    head = make_head("sad_first", svm={"C": 5.0}, sad_label="triste")
+    assert head.svm == {"C": 5.0} and head.sad_label == "triste"
     assert make_head("svm").get_params()["C"] == 1000.0 and make_head("svm").gamma == 0.1
+    with pytest.raises(ValueError, match=r"sad_first.*unknown svm parameter\(s\) \['gama'\].*'gamma'"):
+        make_head("sad_first", svm={"gama": 1.0})
+
+
+def test_sad_first_stages_use_the_one_svm_parameter_group():
+    X, y, spk, *_ = _split(sep=1.0)
+    group = {"C": 7.0, "gamma": 0.5, "standardize": True, "nystroem_threshold": 10**9}
+    head = SadFirstHead(svm=group, random_state=3).fit(X, y, groups=spk)
+    for stage in (head.stage1_, head.stage2_):
+        assert {k: stage.get_params()[k] for k in group} == group and stage.random_state == 3
+    # the defaults are SVMHead's (the paper's C=1000, gamma=0.1)
+    default = SadFirstHead().fit(X, y)
+    assert (default.stage1_.C, default.stage1_.gamma) == (1000.0, 0.1)
+    # sklearn compatibility: get_params / clone keep the group, and a clone fits the same model
+    twin = clone(head)
+    assert twin.get_params()["svm"] == group and twin.get_params()["svm"] is not group
+    np.testing.assert_array_equal(twin.fit(X, y, groups=spk).predict(X), head.predict(X))
+    assert set(SadFirstHead().get_params()) == {"sad_label", "svm", "class_weight", "random_state"}
+
+
+def test_nystroem_is_decided_once_for_grid_search_and_refit(monkeypatch):
+    X, y, spk, *_ = _split(sep=1.0)
+    decisions = []
+    build = SVMHead._build
+
+    def spy(self, X_fit):
+        pipe = build(self, X_fit)
+        decisions.append((len(X_fit), self.uses_nystroem_))
+        return pipe
+
+    monkeypatch.setattr(SVMHead, "_build", spy)
+    # inner folds train on ~2/3 of the rows (below the threshold), the refit on all of them (above)
+    head = SVMHead(param_grid={"C": [1.0, 1000.0]}, inner_folds=3, nystroem_threshold=len(X) - 1,
+                   nystroem_components=30).fit(X, y, groups=spk)
+    assert len(decisions) == 2 * 3 + 1 and any(n < len(X) - 1 for n, _ in decisions)
+    assert {used for _, used in decisions} == {True}, decisions
+    assert head.uses_nystroem_
+    decisions.clear()
+    SVMHead(use_nystroem=False, nystroem_threshold=0).fit(X, y)  # forced by the caller
+    assert decisions == [(len(X), False)]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from evaluation.embeddings_io import EmbeddingSet, synthetic_set
-from evaluation.protocols import make_folds
+from evaluation.protocols import make_folds, plan_folds
 
 
 @pytest.fixture
@@ -78,3 +78,128 @@ def test_explicit_test_speakers_and_unknown_speaker(data):
 def test_unknown_protocol(data):
     with pytest.raises(ValueError, match="unknown protocol 'random'"):
         make_folds(data, "random")
+
+
+# Per-speaker (angry, happy, neutral, sad) clip counts shaped like EmoDB's 4-class subset:
+# 10 speakers with uneven class mixes (the shape that made sklearn's shuffle a no-op).
+EMODB_SHAPE = [(14, 7, 11, 7), (12, 11, 10, 9), (13, 4, 9, 4), (10, 4, 4, 3), (11, 8, 9, 7),
+               (12, 2, 4, 4), (12, 10, 9, 5), (16, 8, 7, 10), (13, 6, 11, 4), (14, 11, 5, 9)]
+
+
+def emodb_shaped_set() -> EmbeddingSet:
+    classes = ("angry", "happy", "neutral", "sad")
+    emotion, speaker = [], []
+    for k, counts in enumerate(EMODB_SHAPE):
+        for c, n in zip(classes, counts):
+            emotion += [c] * n
+            speaker += [f"emodb:{k:02d}"] * n
+    x = np.random.default_rng(0).normal(size=(len(emotion), 4)).astype(np.float32)
+    return EmbeddingSet(embeddings=x, emotion=emotion, speaker=speaker)
+
+
+def test_kfold_seed_changes_the_assignment_on_few_speakers():
+    s = emodb_shaped_set()
+    overall = np.array([np.mean(s.emotion == c) for c in s.classes])
+    assignments = set()
+    for seed in range(20):
+        folds = make_folds(s, "kfold", n_folds=5, seed=seed)
+        tested = np.concatenate([f.test_idx for f in folds])
+        assert sorted(tested.tolist()) == list(range(len(s)))  # every row tested exactly once
+        for f in folds:
+            assert set(s.speaker[f.train_idx].tolist()).isdisjoint(f.test_speakers)
+            share = np.array([np.mean(s.emotion[f.test_idx] == c) for c in s.classes])
+            assert np.abs(share - overall).max() < 0.2  # roughly class-stratified
+        assignments.add(frozenset(f.test_speakers for f in folds))
+        assert [f.test_speakers for f in make_folds(s, "kfold", n_folds=5, seed=seed)] == [f.test_speakers for f in folds]
+    assert len(assignments) >= 15, f"only {len(assignments)} distinct fold assignments over 20 seeds"
+
+
+def _with_shared_official_split(data: EmbeddingSet) -> EmbeddingSet:
+    """ESD-style: every speaker has clips in both the train and the test split."""
+    split = np.where(np.arange(len(data)) % 5 == 0, "test", "train")
+    return EmbeddingSet(**{**data.arrays(), "split": split})
+
+
+def test_auto_falls_back_to_kfold_when_the_official_split_shares_speakers(data, caplog):
+    s = _with_shared_official_split(data)
+    with caplog.at_level("WARNING", logger="evaluation.protocols"):
+        plan = plan_folds(s, "auto", n_folds=4, seed=0)
+    assert plan.protocol == "kfold" and plan.requested == "auto" and plan.speaker_independent
+    assert "12 speaker(s)" in plan.fallback and "k-fold" in plan.fallback
+    assert "12 speaker(s)" in caplog.text
+    assert plan.describe()["fallback"] == plan.fallback
+    for f in plan.folds:
+        assert set(s.speaker[f.train_idx].tolist()).isdisjoint(f.test_speakers)
+
+
+def test_explicit_official_with_shared_speakers_is_refused_unless_opted_in(data):
+    s = _with_shared_official_split(data)
+    with pytest.raises(ValueError, match=r"12 speaker\(s\) are in both the training and the test part.*"
+                                         r"allow_speaker_overlap"):
+        plan_folds(s, "official")
+    plan = plan_folds(s, "official", allow_speaker_overlap=True)
+    assert plan.protocol == "official" and not plan.speaker_independent
+    assert any("NOT speaker-independent" in n for n in plan.notes)
+    assert plan.describe()["speaker_independent"] is False
+
+
+def test_unused_official_split_rows_are_in_neither_part_and_counted(data):
+    split = np.where(np.isin(data.speaker, ["spk000", "spk001"]), "test", "train").astype("<U6")
+    split[np.isin(data.speaker, ["spk002"])] = "unused"
+    s = EmbeddingSet(**{**data.arrays(), "split": split})
+    plan = plan_folds(s, "auto")
+    (fold,) = plan.folds
+    unused = np.flatnonzero(split == "unused")
+    assert not np.isin(unused, fold.train_idx).any() and not np.isin(unused, fold.test_idx).any()
+    assert plan.left_out == {"official_split_unused": len(unused)}
+    # k-fold ignores the official split: the unused rows are tested like any other
+    kfold = plan_folds(s, "kfold", n_folds=3)
+    assert sorted(np.concatenate([f.test_idx for f in kfold.folds]).tolist()) == list(range(len(s)))
+
+
+def _with_unknown_speakers(data: EmbeddingSet, n: int = 30) -> EmbeddingSet:
+    """MSP-style: the last n rows have no known speaker, each its own placeholder id."""
+    speaker = data.speaker.astype("<U32")
+    flags = np.zeros(len(data), dtype=bool)
+    flags[-n:] = True
+    speaker[flags] = [f"msp:unknown:{k}" for k in range(n)]
+    split = np.where(np.isin(data.speaker, ["spk000", "spk001", "spk011"]), "test", "train")
+    return EmbeddingSet(**{**data.arrays(), "speaker": speaker, "speaker_unknown": flags, "split": split})
+
+
+def test_unknown_speakers_are_never_tested(data):
+    s = _with_unknown_speakers(data)
+    unknown = np.flatnonzero(s.speaker_unknown)
+    kfold = plan_folds(s, "kfold", n_folds=4, seed=0)
+    for f in kfold.folds:  # k-fold: out of both sides by default
+        assert not np.isin(unknown, f.test_idx).any() and not np.isin(unknown, f.train_idx).any()
+    tested = np.concatenate([f.test_idx for f in kfold.folds])
+    assert sorted(tested.tolist()) == sorted(np.flatnonzero(~s.speaker_unknown).tolist())
+    assert kfold.left_out == {"unknown_speaker": 30}
+    assert any("30 clip(s) of unknown speakers" in n for n in kfold.notes)
+    # opt-in: they may train in every fold, still never tested
+    kfold_train = plan_folds(s, "kfold", n_folds=4, seed=0, unknown_speakers_train=True)
+    for f in kfold_train.folds:
+        assert np.isin(unknown, f.train_idx).all() and not np.isin(unknown, f.test_idx).any()
+    # official: unknown rows of the train split train; those of the test split are left out
+    (fold,) = plan_folds(s, "official").folds
+    in_train_split = unknown[s.split[unknown] == "train"]
+    assert np.isin(in_train_split, fold.train_idx).all() and not np.isin(unknown, fold.test_idx).any()
+    plan = plan_folds(s, "official")
+    assert plan.left_out == {"unknown_speaker": int((s.split[unknown] == "test").sum()),
+                             "unknown_speaker_train_only": len(in_train_split)}
+    with pytest.raises(ValueError, match="speaker_unknown"):
+        plan_folds(s, "speakers", test_speakers=["msp:unknown:3"])
+
+
+def test_repeats_use_seed_plus_r_and_deterministic_protocols_run_once(data):
+    plan = plan_folds(data, "kfold", n_folds=4, seed=7, repeats=3)
+    assert plan.repeats == 3 and len(plan.folds) == 12 and plan.folds_per_repeat == 4
+    assert [f.name for f in plan.folds[:5]] == ["r0.fold0", "r0.fold1", "r0.fold2", "r0.fold3", "r1.fold0"]
+    for r in range(3):
+        single = make_folds(data, "kfold", n_folds=4, seed=7 + r)
+        mine = [f for f in plan.folds if f.repeat == r]
+        assert [f.test_speakers for f in mine] == [f.test_speakers for f in single]
+    loso = plan_folds(data, "loso", repeats=5)
+    assert loso.repeats == 1 and len(loso.folds) == 3
+    assert any("deterministic" in n and "repeats=5" in n for n in loso.notes)

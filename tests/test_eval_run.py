@@ -55,7 +55,8 @@ def test_csv_rows_and_pngs(result_and_dir):
     _, out, _ = result_and_dir
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(HEADS) * (5 + 2)  # folds + mean + std per head
+    assert len(rows) == len(HEADS) * (5 + 4)  # folds + mean + std + 95% interval (low, high) per head
+    assert {r["evaluation"] for r in rows} == {"speaker-independent"}
     means = [r for r in rows if r["fold"] == "mean"]
     assert [r["head"] for r in means] == list(HEADS)
     res = json.loads((out / "metrics.json").read_text())
@@ -69,6 +70,8 @@ def test_logger_gets_flat_scalars(result_and_dir):
     res, _, logged = result_and_dir
     (flat,) = logged
     assert flat["eval/svm/ua"] == res["svm"]["ua"]
+    assert flat["eval/svm/ua_ci95_low"] == res["svm"]["ua_ci95"][0] < res["svm"]["ua"]
+    assert flat["eval/transductive"] == 0.0 and flat["eval/speaker_independent"] == 1.0
     assert flat["eval/detection/f1_emotional"] == res["detection"]["per_class_f1"]["emotional"]
     assert all(isinstance(v, float) for v in flat.values())
 
@@ -141,3 +144,100 @@ def test_head_kwargs_and_class_weight_reach_the_head(data, tmp_path):
     assert all(f.get("nystroem") for f in res["svm"]["folds"])
     assert res["protocol"]["head_kwargs"] == {"svm": {"nystroem_threshold": 10, "nystroem_components": 30}}
     assert res["svm"]["ua"] > 0.6
+
+
+def test_repeated_kfold_records_every_fold_repeat_and_interval(data, tmp_path, capsys):
+    res = run_evaluation(data, heads=("linear",), protocol="kfold", n_folds=5, seed=3, repeats=3, out_dir=tmp_path,
+                         class_order=["neutral", "angry", "happy", "sad"])
+    p, r = res["protocol"], res["linear"]
+    assert p["repeats"] == 3 and p["folds_per_repeat"] == 5 and p["n_folds"] == 15 and p["fold_seeds"] == [3, 4, 5]
+    assert len(r["folds"]) == 15 and [f["repeat"] for f in r["folds"]] == [0] * 5 + [1] * 5 + [2] * 5
+    assert r["ua"] == pytest.approx(np.mean([f["ua"] for f in r["folds"]]))
+    assert [x["repeat"] for x in r["per_repeat"]] == [0, 1, 2]
+    for x in r["per_repeat"]:
+        assert x["ua"] == pytest.approx(np.mean([f["ua"] for f in r["folds"] if f["repeat"] == x["repeat"]]))
+    lo, hi = r["ua_ci95"]
+    assert lo < r["ua"] < hi and p["interval"]["n_scores"] == 15 and "Nadeau-Bengio" in p["interval"]["method"]
+    assert np.sum(r["confusion"]) == 3 * len(data)  # every row tested once per repeat
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["fold"] for row in rows if row["fold"].endswith(".mean")] == ["r0.mean", "r1.mean", "r2.mean"]
+    assert sum(1 for row in rows if row["fold"].startswith("r1.fold")) == 5
+    assert "5 folds x 3 repeats" in capsys.readouterr().out
+
+
+def test_deterministic_protocols_say_repeats_do_not_apply(data, capsys):
+    res = run_evaluation(data, heads=("linear",), protocol="loso", repeats=5)
+    assert res["protocol"]["repeats"] == 1 and len(res["linear"]["folds"]) == 5
+    out = capsys.readouterr().out
+    assert "deterministic" in out and "repeats=5 does not apply" in out
+    assert "per_repeat" not in res["linear"]
+
+
+def test_nystroem_is_decided_once_per_evaluation(data):
+    # 3 folds over 10 speakers: training parts of 168, 168 and 144 rows straddle the threshold
+    res = run_evaluation(data, heads=("svm", "sad_first"), protocol="kfold", n_folds=3, verbose=False,
+                         head_kwargs={"svm": {"nystroem_threshold": 150, "nystroem_components": 40},
+                                      "sad_first": {"svm": {"nystroem_threshold": 150, "nystroem_components": 40}}})
+    assert sorted({f["n_train"] for f in res["svm"]["folds"]}) == [144, 168]
+    for head in ("svm", "sad_first"):
+        assert [f.get("nystroem", False) for f in res[head]["folds"]] == [True, True, True]
+        decision = res["protocol"]["nystroem"][head]
+        assert decision["used"] and decision["largest_training_part"] == 168 and decision["threshold"] == 150
+
+
+def test_speaker_overlap_opt_in_is_labelled_everywhere(data, tmp_path, capsys):
+    split = np.where(np.arange(len(data)) % 4 == 0, "test", "train")
+    s = EmbeddingSet(**{**data.arrays(), "split": split})
+    logged = []
+    res = run_evaluation(s, heads=("linear",), protocol="official", allow_speaker_overlap=True, out_dir=tmp_path,
+                         logger_fn=logged.append)
+    p = res["protocol"]
+    assert p["speaker_independent"] is False and "NOT speaker-independent" in p["labels"]
+    assert "NOT speaker-independent" in capsys.readouterr().out
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["protocol"]["evaluation"] == "NOT speaker-independent"
+    with open(tmp_path / "metrics.csv") as f:
+        assert {r["evaluation"] for r in csv.DictReader(f)} == {"NOT speaker-independent"}
+    assert "eval_speaker_overlap/linear/ua" in logged[0] and not any(k.startswith("eval/") for k in logged[0])
+    # auto on the same set falls back to k-fold and says why
+    auto = run_evaluation(s, heads=("linear",), verbose=False)
+    assert auto["protocol"]["name"] == "kfold" and auto["protocol"]["speaker_independent"]
+    assert "10 speaker(s)" in auto["protocol"]["fallback"]
+
+
+def test_encoder_that_saw_test_speakers_is_refused_or_labelled_transductive(data, tmp_path, capsys):
+    from evaluation.provenance import Provenance, TransductiveEvaluationError
+    from utils.config_checks import ConfigError
+
+    seen = Provenance("checkpoint", "x.ckpt", seen_speakers=("spk001", "spk004", "other:9"))
+    with pytest.raises(TransductiveEvaluationError, match=r"2 of the 10 test speakers.*spk001.*pretrain_protocol") as e:
+        run_evaluation(data, heads=("linear",), n_folds=5, provenance=seen, verbose=False)
+    assert isinstance(e.value, ConfigError)
+    logged = []
+    res = run_evaluation(data, heads=("linear",), n_folds=5, provenance=seen, allow_transductive=True,
+                         out_dir=tmp_path, logger_fn=logged.append)
+    p = res["protocol"]
+    assert p["transductive"] is True and p["leakage"]["seen_test_speakers"] == ["spk001", "spk004"]
+    assert p["evaluation"] == "TRANSDUCTIVE" and p["provenance"]["n_seen_speakers"] == 3
+    assert "[TRANSDUCTIVE]" in capsys.readouterr().out
+    with open(tmp_path / "metrics.csv") as f:
+        assert {r["evaluation"] for r in csv.DictReader(f)} == {"TRANSDUCTIVE"}
+    assert logged[0]["eval_transductive/transductive"] == 1.0 and "eval_transductive/linear/ua" in logged[0]
+    # seen speakers that are not tested (another corpus) are fine
+    clean = run_evaluation(data, heads=("linear",), provenance=Provenance("checkpoint", "y.ckpt", ("other:9",)),
+                           verbose=False)
+    assert clean["protocol"]["transductive"] is False and clean["protocol"]["evaluation"] == "speaker-independent"
+    unknown = run_evaluation(data, heads=("linear",), provenance=Provenance("checkpoint", "z.ckpt", None, note="old"),
+                             verbose=False)
+    assert unknown["protocol"]["evaluation"] == "provenance unknown" and unknown["protocol"]["transductive"] is None
+
+
+def test_data_block_carries_the_report_and_what_the_evaluation_left_out(data):
+    split = np.where(np.isin(data.speaker, ["spk000", "spk001"]), "test", "train").astype("<U6")
+    split[data.speaker == "spk009"] = "unused"
+    s = EmbeddingSet(**{**data.arrays(), "split": split})
+    res = run_evaluation(s, heads=("linear",), verbose=False,
+                         data_report={"num_clips": 999, "left_out_by_evaluation": {"no_label": 4}})
+    assert res["data"]["num_clips"] == 999 and res["data"]["n_rows_evaluated"] == len(s)
+    assert res["data"]["left_out_by_evaluation"] == {"no_label": 4, "official_split_unused": 24}
