@@ -222,3 +222,50 @@ def build_librispeech(root: Path, utts: dict[str, list[str]], transcripts: bool 
                 spk, chap = folder.parent.name, folder.name
                 (folder / f"{spk}-{chap}.trans.txt").write_text("".join(f"{u} WORDS OF {u}\n" for u in chapter_ids))
     return base
+
+
+# ----------------------------------------------------------------------------------------- ASED
+ASED_FOLDERS = {"n": "01Neutral", "f": "02Fearful", "h": "03Happy", "s": "04Sad", "a": "05Angry"}
+
+
+def ased_name(emotion: str = "n", sentence: int = 1, repetition: int = 1, gender: int = 1, speaker: int = 1) -> str:
+    """File stem `xN-SS-RR-GG-PP` (x: n f h s a, N: the folder number); an upper-case x is kept as given."""
+    number = list(ASED_FOLDERS).index(emotion.lower()) + 1
+    return f"{emotion}{number}-{sentence:02d}-{repetition:02d}-{gender:02d}-{speaker:02d}"
+
+
+def build_ased(root: Path, files: list[dict], ext: str = ".flac", duplicates: dict[str, str] | None = None,
+               folder_of: dict[str, str] | None = None) -> Path:
+    """files: kwargs of `ased_name`, written as root/0N<Emotion>/<stem><ext> (the shared copy's FLAC by default).
+
+    duplicates: {new stem: existing stem} written as byte-identical copies; folder_of: {stem: folder} to put a
+    file in another emotion's folder than its letter says.
+    """
+    folder_of = dict(folder_of or {})
+    paths: dict[str, Path] = {}
+    for i, kw in enumerate(files):
+        stem = ased_name(**kw)
+        folder = folder_of.get(stem, ASED_FOLDERS[stem[0].lower()])
+        paths[stem] = write_wav(root / folder / f"{stem}{ext}", seed=1000 + i)
+    for new, existing in (duplicates or {}).items():
+        folder = folder_of.get(new, ASED_FOLDERS[new[0].lower()])
+        target = root / folder / f"{new}{ext}"
+        target.write_bytes(paths[existing].read_bytes())
+    (root / "README.md").write_text("ASED test tree\n")
+    return root
+
+
+# ----------------------------------------------------------------------------------------- CASIA
+CASIA_EMOTIONS = ("angry", "fear", "happy", "neutral", "sad", "surprise")
+
+
+def build_casia(root: Path, speakers: Iterable[str], sentences: Iterable[int] = (201, 202),
+                emotions: Iterable[str] = CASIA_EMOTIONS, ext: str = ".flac") -> Path:
+    """root/<speaker>/<emotion>/<sentence><ext>, plus the release's .lab side file next to each clip."""
+    sentences, emotions = list(sentences), list(emotions)
+    for s, spk in enumerate(speakers):
+        for e, emo in enumerate(emotions):
+            for sentence in sentences:
+                clip = write_wav(root / spk / emo / f"{sentence}{ext}", seed=10000 * s + 100 * e + sentence)
+                clip.with_suffix(".lab").write_text("0 1000 sil\n")
+    return root

@@ -65,8 +65,8 @@ def test_bad_options(tmp_path):
 
 
 def test_registry():
-    assert set(CORPUS_PARSERS) == {"cremad", "iemocap", "msp_podcast", "ravdess", "esd", "emodb", "voxceleb",
-                                   "librispeech", "folders"}
+    assert set(CORPUS_PARSERS) == {"cremad", "iemocap", "msp_podcast", "ravdess", "esd", "emodb", "ased", "casia",
+                                   "voxceleb", "librispeech", "folders"}
     assert get_parser("folders") is parse_folders
-    with pytest.raises(ValueError, match="valid names: cremad, emodb"):
+    with pytest.raises(ValueError, match="valid names: ased, casia, cremad, emodb"):
         get_parser("crema")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from datamodules.corpora.ased import parse_ased
 from datamodules.corpora.base import ParseResult, check_expected_counts, count_records
+from datamodules.corpora.casia import parse_casia
 from datamodules.corpora.cremad import parse_cremad
 from datamodules.corpora.emodb import parse_emodb
 from datamodules.corpora.esd import parse_esd
@@ -25,6 +27,8 @@ CORPUS_PARSERS: dict[str, Callable[..., ParseResult]] = {
     "ravdess": parse_ravdess,
     "esd": parse_esd,
     "emodb": parse_emodb,
+    "ased": parse_ased,
+    "casia": parse_casia,
     "voxceleb": parse_voxceleb,
     "librispeech": parse_librispeech,
     "folders": parse_folders,

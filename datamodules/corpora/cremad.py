@@ -3,6 +3,7 @@
 Metadata CSVs are optional: `VideoDemographics.csv` gives gender, `SentenceFilenames.csv` lists every
 clip (so a listed clip without audio is reported), and `processedResults/summaryTable.csv` gives the
 crowd-perceived voice-only label, kept in `extra` because the acted label is the standard target.
+Any format libsndfile reads is accepted whatever the extension (e.g. a FLAC copy of the release).
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from datamodules.corpora.base import ParseResult, require_dir, speaker_id, to_emotion4, walk_files
+from datamodules.corpora.base import (
+    AUDIO_EXTENSIONS, ParseResult, one_per_clip, require_dir, speaker_id, to_emotion4, walk_files,
+)
 from datamodules.records import ClipRecord
 
 CORPUS = "cremad"
@@ -72,7 +75,12 @@ def parse_cremad(root: str | Path, metadata_dir: str | Path | None = None) -> Pa
         for row in _read_csv(summary):
             votes[row["FileName"].strip()] = row
 
-    audio = {p.stem: p for p in walk_files(audio_dir, (".wav",))}
+    audio: dict[str, Path] = {}
+    for p in one_per_clip(walk_files(audio_dir, AUDIO_EXTENSIONS), result):
+        if p.stem in audio:
+            result.skip(p, f"duplicate of {audio[p.stem]}")
+            continue
+        audio[p.stem] = p
     listed: Optional[list[str]] = None
     names_csv = _find_csv("SentenceFilenames.csv", folders)
     if names_csv is not None:

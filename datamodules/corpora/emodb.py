@@ -1,5 +1,7 @@
 """EmoDB (Berlin): `wav/SSTTTEV.wav`; labels, speaker and text from the file name only.
 
+Any format libsndfile reads is accepted whatever the extension (e.g. a FLAC copy of the release).
+
 When the corpus's `erkennung.txt` (listener recognition / naturalness rates, Latin-1, decimal comma)
 is present, its two rates go in `extra` so users can filter on recognisability as in the literature.
 """
@@ -8,7 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from datamodules.corpora.base import ParseResult, require_dir, speaker_id, to_emotion4, walk_files
+from datamodules.corpora.base import (
+    AUDIO_EXTENSIONS, ParseResult, one_per_clip, require_dir, speaker_id, to_emotion4, walk_files,
+)
 from datamodules.records import ClipRecord
 
 CORPUS = "emodb"
@@ -37,7 +41,8 @@ def parse_emodb(root: str | Path) -> ParseResult:
     root = require_dir(Path(root).expanduser().resolve(), CORPUS, "the EmoDB folder containing wav/")
     wav_dir = root / "wav"
     if not wav_dir.is_dir():
-        if root.name == "wav" or any(_NAME.match(p.stem) for p in root.glob("*.wav")):
+        if root.name == "wav" or any(_NAME.match(p.stem) for p in root.iterdir()
+                                     if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS):
             wav_dir, root = root, root.parent
         else:
             raise FileNotFoundError(f"{CORPUS}: no wav/ folder under {root}; point data.root at the EmoDB folder "
@@ -45,7 +50,7 @@ def parse_emodb(root: str | Path) -> ParseResult:
     result = ParseResult(corpus=CORPUS, root=root, expected_counts=dict(EXPECTED_COUNTS))
     ratings_file = root / "erkennung.txt"
     ratings = _read_ratings(ratings_file) if ratings_file.is_file() else {}
-    for path in walk_files(wav_dir, (".wav",)):
+    for path in one_per_clip(walk_files(wav_dir, AUDIO_EXTENSIONS), result):
         m = _NAME.match(path.stem)
         if not m:
             result.skip(path, "unparseable file name")

@@ -2,7 +2,8 @@
 
 The speaker is the session plus the gender letter of the speaking turn (the utterance id's last
 field, `F000` -> F). The letter after `Ses01` in the dialog name only says who wore the motion-capture
-markers, so using it would mix the two speakers of a session.
+markers, so using it would mix the two speakers of a session. Audio in any format libsndfile reads is
+accepted (`<utt>.wav` as released, or e.g. `<utt>.flac`).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Optional
 
-from datamodules.corpora.base import ParseResult, require_dir, speaker_id, to_emotion4
+from datamodules.corpora.base import ParseResult, find_audio, require_dir, speaker_id, to_emotion4
 from datamodules.records import ClipRecord
 
 CORPUS = "iemocap"
@@ -84,9 +85,10 @@ def parse_iemocap(root: str | Path, sessions: Optional[Iterable[int]] = None) ->
                     if gender not in ("F", "M"):
                         result.skip(utt, "unparseable utterance id (no F/M turn field)")
                         continue
-                    audio = root / session / "sentences" / "wav" / dialog / f"{utt}.wav"
-                    if not audio.is_file():
-                        result.skip(audio, "missing audio file")
+                    folder = root / session / "sentences" / "wav" / dialog
+                    audio = find_audio(folder, utt)
+                    if audio is None:
+                        result.skip(folder / f"{utt}.wav", "missing audio file")
                         continue
                     result.records.append(ClipRecord(
                         path=str(audio), speaker=speaker_id(CORPUS, f"Ses{s:02d}{gender}"), corpus=CORPUS,

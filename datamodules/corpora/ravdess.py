@@ -2,13 +2,16 @@
 
 Labels come from the seven file-name fields. Calm is kept as its own emotion (no 4-class label);
 song files are counted as skipped unless `include_song=True`; video-only files are always skipped.
+Any format libsndfile reads is accepted whatever the extension (e.g. a FLAC copy of the release).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from datamodules.corpora.base import ParseResult, require_dir, speaker_id, to_emotion4, walk_files
+from datamodules.corpora.base import (
+    AUDIO_EXTENSIONS, ParseResult, one_per_clip, require_dir, speaker_id, to_emotion4, walk_files,
+)
 from datamodules.records import ClipRecord
 
 CORPUS = "ravdess"
@@ -26,14 +29,14 @@ _NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 def parse_ravdess(root: str | Path, include_song: bool = False) -> ParseResult:
     """Parse RAVDESS audio (any distribution: flat Actor_NN folders or Audio_Speech_Actors_01-24/...)."""
     root = require_dir(Path(root).expanduser().resolve(), CORPUS, "a folder containing the Actor_NN folders")
-    files = list(walk_files(root, (".wav",)))
+    files = list(walk_files(root, AUDIO_EXTENSIONS))
     if not any(p.parent.name.startswith("Actor_") for p in files):
-        raise FileNotFoundError(f"{CORPUS}: no Actor_NN/*.wav files under {root}; point data.root at the RAVDESS "
+        raise FileNotFoundError(f"{CORPUS}: no Actor_NN/ audio files under {root}; point data.root at the RAVDESS "
                                 "folder (e.g. Audio_Speech_Actors_01-24)")
     expected = {"total": SPEECH_FILES + (SONG_FILES if include_song else 0), "speakers": 24}
     result = ParseResult(corpus=CORPUS, root=root, expected_counts=expected)
     seen: dict[str, Path] = {}
-    for path in files:
+    for path in one_per_clip(files, result):
         m = _NAME.match(path.stem)
         if not m:
             result.skip(path, "unparseable file name")
