@@ -173,9 +173,9 @@ def assess_clip(samples: Any, sample_rate: int, policy: Optional[QualityPolicy] 
         return _decide(("digital_silence",), policy, trimmed_seconds=0.0)
     clipped = float(np.count_nonzero(np.abs(x) >= FULL_SCALE)) / x.size
     mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
-    trimmed = trim_silence(torch.from_numpy(np.ascontiguousarray(mono)), sample_rate)
+    trimmed = trim_silence(torch.from_numpy(np.ascontiguousarray(mono)), sample_rate).numpy()
     seconds = trimmed.shape[-1] / sample_rate
-    power = float(trimmed.double().pow(2).mean()) if trimmed.numel() else 0.0
+    power = float(np.mean(np.square(trimmed, dtype=np.float64))) if trimmed.size else 0.0
     dbfs = 10 * math.log10(power) if power > 0 else -math.inf
     flags = []
     if dbfs < policy.near_silence_dbfs:

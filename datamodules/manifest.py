@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from datamodules.audio import AudioDecodeError, audio_info, resolve_audio_path
 from datamodules.audio_quality import (
@@ -128,11 +129,16 @@ def probe_records_with_tally(records: list[ClipRecord], num_workers: Optional[in
     tally = QualityTally(policy) if policy is not None else None
     workers = num_workers if num_workers is not None else min(16, 4 * (os.cpu_count() or 1))
     paths = [r.path for r in records]
-    if workers <= 1:
-        results = list(_progress(map(lambda p: probe_file(p, policy), paths), len(paths), progress))
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:  # libsndfile and numpy release the GIL
-            results = list(_progress(pool.map(lambda p: probe_file(p, policy), paths), len(paths), progress))
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the pool is the parallelism: torch's own threads made each clip's trim 30x slower
+    try:
+        if workers <= 1:
+            results = list(_progress(map(lambda p: probe_file(p, policy), paths), len(paths), progress))
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:  # libsndfile, numpy and torch release the GIL
+                results = list(_progress(pool.map(lambda p: probe_file(p, policy), paths), len(paths), progress))
+    finally:
+        torch.set_num_threads(torch_threads)
     kept, skipped = [], []
     for rec, probe in zip(records, results, strict=True):
         if probe.info is None:

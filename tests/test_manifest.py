@@ -173,3 +173,7 @@ def test_real_emodb_manifest(tmp_path):
     summary = load_summary("emodb", emodb, tmp_path / "cache")
     assert summary["total_hours"] == pytest.approx(sum(r.duration for r in recs) / 3600, abs=1e-3)
     assert summary["count_problems"] == [] and summary["per_emotion4"]["-"] == 535 - 339
+    # every quality category counted: the copy's zero-padded endings are trimmed, no clip is flagged
+    assert summary["quality_counts"] == {"nan_inf": 0, "digital_silence": 0, "near_silence": 0, "too_short": 0,
+                                         "clipping": 0}
+    assert summary["skipped_counts"] == {} and summary["multichannel_counts"] == {}
