@@ -47,9 +47,13 @@ def run_verification_analysis(
     """
     emb_set.validate()
     n_total = len(emb_set)
-    if n_total > max_clips:
-        keep = np.sort(np.random.default_rng(seed).choice(n_total, size=max_clips, replace=False))
-        log.warning("verification analysis: using a random %d of %d clips (max_clips)", max_clips, n_total)
+    unknown_speaker = emb_set.unknown_speaker_mask()
+    if unknown_speaker.any():  # placeholder ids: their trials would count as "different speakers" whoever spoke
+        log.info("verification analysis: %d clip(s) of unknown speakers left out", int(unknown_speaker.sum()))
+        emb_set = emb_set.subset(np.flatnonzero(~unknown_speaker))
+    if len(emb_set) > max_clips:
+        keep = np.sort(np.random.default_rng(seed).choice(len(emb_set), size=max_clips, replace=False))
+        log.warning("verification analysis: using a random %d of %d clips (max_clips)", max_clips, len(emb_set))
         emb_set = emb_set.subset(keep)
     emotion = emb_set.emotion
     order = list(class_order) if class_order is not None else emb_set.classes
@@ -79,6 +83,7 @@ def run_verification_analysis(
 
     result = {
         "n_clips": n_total,
+        "n_clips_unknown_speaker_left_out": int(unknown_speaker.sum()),
         "n_clips_used": len(emb_set),
         "max_pairs": max_pairs,
         "seed": seed,

@@ -66,3 +66,17 @@ def test_no_same_speaker_pairs_is_an_error():
     s = EmbeddingSet(embeddings=np.eye(3), emotion=np.array(["a", "b", "a"]), speaker=np.array(["x", "y", "z"]))
     with pytest.raises(ValueError, match="no same-speaker pairs"):
         run_verification_analysis(s)
+
+
+def test_unknown_speaker_clips_are_left_out_of_the_trials():
+    s = _designed_set()
+    # two clips of s0 relabelled as unknown placeholders: kept, they would be scored as
+    # "different speakers" although they are s0 (high scores among the non-targets)
+    speaker = s.speaker.astype("<U16")
+    flags = np.zeros(len(s), dtype=bool)
+    flags[[0, 1]] = True
+    speaker[[0, 1]] = ["msp:unknown:a", "msp:unknown:b"]
+    u = EmbeddingSet(embeddings=s.embeddings, emotion=s.emotion, speaker=speaker, speaker_unknown=flags)
+    res = run_verification_analysis(u, max_pairs=None)
+    assert res["n_clips"] == len(s) and res["n_clips_unknown_speaker_left_out"] == 2
+    assert res["n_clips_used"] == len(s) - 2 and res["n_trials"] == comb(len(s) - 2, 2)

@@ -1,58 +1,213 @@
-"""Train-then-evaluate, .npz re-fit, and the evaluate config's error paths, on the synthetic corpus."""
+"""Train-then-evaluate, .npz re-fit, embedding sources, provenance, the data block and the paired
+comparison command, on the synthetic corpus (and a fixture ESD tree for a corpus with a manifest)."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from evaluation.embeddings_io import load_npz
+from evaluation.embeddings_io import load_npz, save_npz
+from evaluation.provenance import TransductiveEvaluationError
 from tests.conftest import ROOT, TINY_CORPUS, make_cfg
 from utils.config_checks import ConfigError
 from utils.evaluating import evaluate
 from utils.training import train
 
+EVAL_CORPUS = [o for o in TINY_CORPUS if not o.startswith("data.n_")]
+
 
 def _eval_cfg(tmp_path: Path, data_dir: Path, *overrides: str):
-    return make_cfg("evaluate.yaml", tmp_path, [o for o in TINY_CORPUS if not o.startswith("data.n_")] +
-                    ["eval.n_folds=2", "eval.heads=[svm,sad_first,linear,detection]"] + list(overrides), data_dir)
+    return make_cfg("evaluate.yaml", tmp_path, EVAL_CORPUS + ["eval.n_folds=2", "eval.repeats=1",
+                    "eval.heads=[svm,sad_first,linear,detection]"] + list(overrides), data_dir)
 
 
-def test_train_then_evaluate_checkpoint_writes_metrics(train_cfg_factory, tmp_path, synthetic_cache):
-    cfg = train_cfg_factory("trainer.max_epochs=1", "data.batches_per_epoch=2")
+@pytest.fixture(scope="module")
+def trained_ckpt(tmp_path_factory, synthetic_cache) -> Path:
+    """One real tiny checkpoint from utils.training.train, shared by the tests of this file."""
+    out = tmp_path_factory.mktemp("train")
+    cfg = make_cfg("train.yaml", out, TINY_CORPUS + ["trainer.max_epochs=1", "data.batches_per_epoch=2",
+                                                     "callbacks.model_summary=null"], synthetic_cache)
     train(cfg)
-    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    GlobalHydra.instance().clear()
+    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+
+def _craft(ckpt: Path, out: Path, seen: list[str] | None, corpora: dict | None = None) -> Path:
+    """A copy of a real checkpoint with the provenance keys set (or removed when seen is None)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for key in ("seen_speakers", "seen_corpora"):
+        state.pop(key, None)
+    if seen is not None:
+        state["seen_speakers"] = sorted(seen)
+        state["seen_corpora"] = corpora or {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out)
+    return out
+
+
+def _corpus_speakers(tmp_path: Path, data_dir: Path) -> list[str]:
+    """Speaker ids of the tiny synthetic corpus (as records carry them)."""
+    from datamodules.speaker_datamodule import load_corpus_records
+    from hydra.utils import instantiate
+
+    cfg = _eval_cfg(tmp_path, data_dir, "backbone=deeptalk")
+    dm = instantiate(cfg.data, _convert_="all")
+    h = dm.hparams
+    return sorted({r.speaker for r in load_corpus_records(h.corpus, h.root, h.cache_dir, h.corpus_options)})
+
+
+def test_checkpoint_embeddings_are_the_checkpoints_own(trained_ckpt, tmp_path, synthetic_cache):
+    from hydra.utils import instantiate
+
+    from datamodules.speaker_datamodule import load_corpus_records
+    from lightning_modules.embedding_module import EmbeddingModule, load_embedding_module
+
+    ckpt = _craft(trained_ckpt, tmp_path / "clean.ckpt", seen=["elsewhere:1"])
     out = tmp_path / "eval"
-    results = evaluate(_eval_cfg(out, synthetic_cache, f"ckpt_path={ckpt}"))
+    cfg = _eval_cfg(out, synthetic_cache, f"ckpt_path={ckpt}")
+    results = evaluate(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
     for head in ("svm", "sad_first", "linear", "detection"):
-        assert 0.0 <= metrics[head]["ua"] <= 1.0 and len(metrics[head]["folds"]) == 2
+        assert len(metrics[head]["folds"]) == 2
     assert (out / "confusion_svm.png").exists() and (out / "verification_boxplot.png").exists()
     emb = load_npz(out / "embeddings.npz")
-    assert emb.embeddings.shape[1] == 256 and set(emb.classes) == {"angry", "happy", "neutral", "sad"}
-    # every clip of the corpus is embedded exactly once, in manifest order
-    assert len(emb) == 8 * 4 * 2 and len(set(emb.utt_id.tolist())) == len(emb)
+    assert len(emb) == 8 * 4 * 2 and len(set(emb.utt_id.tolist())) == len(emb)  # every clip once
     assert results["svm"]["ua"] == metrics["svm"]["ua"]
+    # the stored embeddings are what the checkpoint's backbone gives for these clips ...
+    dm = instantiate(cfg.data, _convert_="all")
+    h = dm.hparams
+    records = load_corpus_records(h.corpus, h.root, h.cache_dir, h.corpus_options)[:4]
+    batch = next(iter(dm.utterance_loader(records, batch_size=4)))
+    module = load_embedding_module(str(ckpt))
+    with torch.no_grad():
+        mine = module.predict_step(batch, 0)["embeddings"].numpy()
+        torch.manual_seed(0)
+        untrained = EmbeddingModule(backbone=dict(module.hparams.backbone)).eval().predict_step(batch, 0)["embeddings"].numpy()
+    stored = emb.embeddings[[emb.utt_id.tolist().index(r.utt_id) for r in records]]
+    np.testing.assert_allclose(stored, mine, atol=1e-5)
+    # ... and not what an untrained backbone of the same architecture gives
+    assert np.abs(stored - untrained).max() > 1e-3
+    # the backbone config came from the checkpoint (data.sample_rate follows it)
+    assert cfg.backbone["_target_"] == module.hparams.backbone["_target_"]
+
+
+def test_a_source_is_required_and_only_one(tmp_path, synthetic_cache):
+    with pytest.raises(ConfigError, match=r"exactly one embedding source and got none.*ckpt_path=.*backbone=ge2e\|deeptalk"
+                                          r".*embeddings="):
+        evaluate(_eval_cfg(tmp_path / "o", synthetic_cache))
+    with pytest.raises(ConfigError, match="either ckpt_path"):
+        evaluate(_eval_cfg(tmp_path / "o", synthetic_cache, "ckpt_path=x.ckpt", "embeddings=y.npz"))
+    with pytest.raises(ConfigError, match="got 2: ckpt_path, backbone"):
+        evaluate(_eval_cfg(tmp_path / "o", synthetic_cache, "ckpt_path=x.ckpt", "backbone=ge2e"))
+
+
+def test_readme_commands_compose(tmp_path):
+    cfg = make_cfg("evaluate.yaml", tmp_path, ["backbone=ge2e", "data=emodb", "data.root=/data/emodb"])
+    assert cfg.backbone._target_.endswith("GE2EBackbone") and cfg.data.sample_rate == 16000
+    assert cfg.eval.repeats == 5 and cfg.eval.svm.C == 1000.0 and cfg.eval.svm.gamma == 0.1
 
 
 def test_refit_from_npz_matches_and_cache_is_reused(tmp_path, synthetic_cache):
     out1 = tmp_path / "a"
-    r1 = evaluate(_eval_cfg(out1, synthetic_cache, "eval.heads=[linear]"))
+    r1 = evaluate(_eval_cfg(out1, synthetic_cache, "backbone=deeptalk", "eval.heads=[linear]"))
     cache_files = list((out1 / "logs" / "embedding_cache").glob("*.npy"))
     assert len(cache_files) == 1
     mtime = cache_files[0].stat().st_mtime_ns
     # same backbone and corpus again: embeddings come from the cache, not re-extracted
-    cfg = _eval_cfg(tmp_path / "b", synthetic_cache, "eval.heads=[linear]")
+    cfg = _eval_cfg(tmp_path / "b", synthetic_cache, "backbone=deeptalk", "eval.heads=[linear]")
     with open_dict(cfg):
         cfg.paths.log_dir = str(out1 / "logs")
     evaluate(cfg)
     assert cache_files[0].stat().st_mtime_ns == mtime
     r3 = evaluate(_eval_cfg(tmp_path / "c", synthetic_cache, "eval.heads=[linear]", f"embeddings={out1 / 'embeddings.npz'}"))
     assert r3["linear"]["ua"] == pytest.approx(r1["linear"]["ua"])
+    # the npz carried the provenance and the corpus report of its extraction
+    assert r3["protocol"]["provenance"]["source"] == "backbone" and r3["protocol"]["evaluation"] == "speaker-independent"
+    assert r3["data"]["num_clips"] == r1["data"]["num_clips"] == 64
+
+
+def test_metrics_json_data_block(tmp_path, synthetic_cache):
+    out = tmp_path / "o"
+    evaluate(_eval_cfg(out, synthetic_cache, "backbone=deeptalk", "eval.heads=[linear]", "eval.classes=[angry,sad]",
+                       "eval.verification_analysis=false"))
+    data = json.loads((out / "metrics.json").read_text())["data"]
+    assert data["corpus"] == "synthetic" and data["num_clips"] == 64 and data["num_speakers"] == 8
+    left = data["left_out_by_evaluation"]
+    assert left["outside_classes"] == {"happy": 16, "neutral": 16} and data["n_rows_evaluated"] == 32
+
+
+def test_checkpoint_that_saw_the_test_speakers_is_refused(trained_ckpt, tmp_path, synthetic_cache, capsys):
+    speakers = _corpus_speakers(tmp_path / "s", synthetic_cache)
+    ckpt = _craft(trained_ckpt, tmp_path / "seen.ckpt", seen=speakers[:3] + ["other:1"],
+                  corpora={"synthetic": str(synthetic_cache)})
+    with pytest.raises(TransductiveEvaluationError, match=r"3 of the 8 test speakers.*pretrain_protocol.*allow_transductive"):
+        evaluate(_eval_cfg(tmp_path / "refused", synthetic_cache, f"ckpt_path={ckpt}", "eval.heads=[linear]"))
+    out = tmp_path / "allowed"
+    res = evaluate(_eval_cfg(out, synthetic_cache, f"ckpt_path={ckpt}", "eval.heads=[linear]",
+                             "eval.allow_transductive=true", "eval.verification_analysis=false"))
+    assert res["protocol"]["transductive"] is True and res["protocol"]["evaluation"] == "TRANSDUCTIVE"
+    assert "[TRANSDUCTIVE]" in capsys.readouterr().out
+    assert "TRANSDUCTIVE" in (out / "metrics.csv").read_text()
+    # the extraction's npz carries the provenance: a later re-fit from it is refused as well
+    emb = load_npz(out / "embeddings.npz")
+    assert emb.provenance["seen_speakers"] == sorted(speakers[:3] + ["other:1"])
+    with pytest.raises(TransductiveEvaluationError, match="3 of the 8 test speakers"):
+        evaluate(_eval_cfg(tmp_path / "refit", synthetic_cache, f"embeddings={out / 'embeddings.npz'}",
+                           "eval.heads=[linear]"))
+
+
+def test_train_then_evaluate_on_the_same_corpus_is_refused(trained_ckpt, tmp_path, synthetic_cache):
+    """End to end: the checkpoint records the speakers it trained and validated on (lightning_modules
+    side); evaluating it on the corpus it was trained on folds over those speakers."""
+    recorded = torch.load(trained_ckpt, map_location="cpu", weights_only=True)
+    assert recorded["seen_speakers"] and all(s.startswith("synthetic:") for s in recorded["seen_speakers"])
+    with pytest.raises(TransductiveEvaluationError, match=r"of the 8 test speakers"):
+        evaluate(_eval_cfg(tmp_path / "o", synthetic_cache, f"ckpt_path={trained_ckpt}", "eval.heads=[linear]"))
+
+
+def test_checkpoint_without_provenance_is_labelled_unknown(trained_ckpt, tmp_path, synthetic_cache, caplog):
+    ckpt = _craft(trained_ckpt, tmp_path / "old.ckpt", seen=None)
+    with caplog.at_level(logging.WARNING, logger="evaluation.provenance"):
+        res = evaluate(_eval_cfg(tmp_path / "o", synthetic_cache, f"ckpt_path={ckpt}", "eval.heads=[linear]",
+                                 "eval.verification_analysis=false"))
+    assert "records no 'seen_speakers'" in caplog.text
+    assert res["protocol"]["evaluation"] == "provenance unknown" and res["protocol"]["provenance"]["known"] is False
+
+
+def test_compare_two_embedding_sets_on_identical_folds(tmp_path, synthetic_cache, capsys):
+    a_dir = tmp_path / "a"
+    evaluate(_eval_cfg(a_dir, synthetic_cache, "backbone=deeptalk", "eval.heads=[linear]", "eval.verification_analysis=false"))
+    a = load_npz(a_dir / "embeddings.npz")
+    # B: the same clips in another order, embeddings with the emotion signal destroyed
+    perm = np.random.default_rng(0).permutation(len(a))
+    b = a.subset(perm)
+    b.embeddings = np.random.default_rng(1).normal(size=b.embeddings.shape).astype(np.float32)
+    save_npz(b, tmp_path / "b.npz")
+    out = tmp_path / "cmp"
+    res = evaluate(_eval_cfg(out, synthetic_cache, f"embeddings={a_dir / 'embeddings.npz'}", f"eval.compare_to={tmp_path / 'b.npz'}",
+                             "eval.heads=[linear]", "eval.n_folds=4", "eval.repeats=3", "eval.verification_analysis=false"))
+    comparison = json.loads((out / "comparison.json").read_text())
+    ua = comparison["heads"]["linear"]["ua"]
+    assert comparison["n_folds"] == 12 and ua["n"] == 12 and len(ua["per_fold_b"]) == 12
+    assert ua["per_fold_a"] == [f["ua"] for f in res["linear"]["folds"]]
+    b_metrics = json.loads((out / "compare_to" / "metrics.json").read_text())
+    assert [f["test_speakers"] for f in b_metrics["protocol"]["folds"]] == [f["test_speakers"] for f in res["protocol"]["folds"]]
+    assert ua["mean_difference"] == pytest.approx(res["linear"]["ua"] - b_metrics["linear"]["ua"])
+    assert {"wilcoxon", "bootstrap", "corrected_t", "verdict"} <= set(ua)
+    assert "paired comparison on identical folds" in capsys.readouterr().out
+    # sets that do not hold the same clips are refused
+    save_npz(a.subset(np.arange(len(a) - 3)), tmp_path / "short.npz")
+    with pytest.raises(ConfigError, match=r"does not hold the same clips: 3 clip\(s\) only in the evaluated set"):
+        evaluate(_eval_cfg(tmp_path / "x", synthetic_cache, f"embeddings={a_dir / 'embeddings.npz'}",
+                           f"eval.compare_to={tmp_path / 'short.npz'}", "eval.heads=[linear]"))
 
 
 def test_npz_with_mismatched_lengths_is_a_clear_error(tmp_path, synthetic_cache):
@@ -62,9 +217,17 @@ def test_npz_with_mismatched_lengths_is_a_clear_error(tmp_path, synthetic_cache)
         evaluate(_eval_cfg(tmp_path / "o", synthetic_cache, f"embeddings={bad}"))
 
 
-def test_checkpoint_and_embeddings_together_is_refused(tmp_path, synthetic_cache):
-    with pytest.raises(ConfigError, match="either ckpt_path"):
-        evaluate(_eval_cfg(tmp_path / "o", synthetic_cache, "ckpt_path=x.ckpt", "embeddings=y.npz"))
+def test_extraction_under_simulated_ddp(trained_ckpt, tmp_path, synthetic_cache):
+    ckpt = _craft(trained_ckpt, tmp_path / "clean.ckpt", seen=["elsewhere:1"])
+    single = tmp_path / "single"
+    evaluate(_eval_cfg(single, synthetic_cache, f"ckpt_path={ckpt}", "eval.heads=[linear]",
+                       "eval.verification_analysis=false"))
+    ddp = tmp_path / "ddp"
+    evaluate(_eval_cfg(ddp, synthetic_cache, f"ckpt_path={ckpt}", "trainer=ddp_sim", "eval.heads=[linear]",
+                       "eval.verification_analysis=false"))
+    a, b = load_npz(single / "embeddings.npz"), load_npz(ddp / "embeddings.npz")
+    assert b.utt_id.tolist() == a.utt_id.tolist()
+    np.testing.assert_allclose(b.embeddings, a.embeddings, atol=1e-5)
 
 
 def test_sweep_runs_one_job_per_value(tmp_path):
@@ -79,14 +242,14 @@ def test_sweep_runs_one_job_per_value(tmp_path):
     assert lrs == [0.001, 0.002]
 
 
-def test_official_split_names_map_to_train_and_test_and_others_are_left_out():
+def test_official_split_names_map_to_train_and_test_and_others_are_unused():
     from datamodules.records import ClipRecord
-    from utils.evaluating import NO_LABEL, records_to_set
+    from utils.evaluating import records_to_set
 
     recs = [ClipRecord(path=f"{i}.wav", speaker=f"msp:{i % 3}", corpus="msp_podcast", utt_id=str(i), emotion4="sad",
                        split=s) for i, s in enumerate(["Train", "Train", "Development", "Test1", "Test1", "Test2"])]
     emb = np.eye(6, dtype=np.float32)
     s = records_to_set(recs, emb, "emotion4", {"train": ["Train"], "test": ["Test1"]})
-    assert s.split.tolist()[:2] == ["train", "train"] and s.split.tolist()[3:5] == ["test", "test"]
-    assert s.emotion.tolist() == ["sad", "sad", NO_LABEL, "sad", "sad", NO_LABEL]  # Development, Test2 left out
+    assert s.split.tolist() == ["train", "train", "unused", "test", "test", "unused"]
+    assert s.emotion.tolist() == ["sad"] * 6  # labels kept: k-fold may use these clips
     assert records_to_set(recs, emb, "emotion4", None).split is None

@@ -1,10 +1,14 @@
-"""The body of evaluate.py: get embeddings (checkpoint, backbone or .npz), then fit and score the heads."""
+"""The body of evaluate.py: get embeddings (checkpoint, backbone or .npz), then fit and score the heads.
+
+Exactly one embedding source must be named; the provenance of the embeddings (which speakers shaped
+the encoder) and the corpus report travel with them into the `.npz` and metrics.json.
+"""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,24 +16,59 @@ from typing import Any
 import lightning as L
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from callbacks.embedding_writer import EmbeddingWriter, merge_rank_files
 from datamodules.records import ClipRecord
 from datamodules.speaker_datamodule import load_corpus_records
-from evaluation.embeddings_io import EmbeddingSet, filter_labels, load_npz, save_npz
+from evaluation.embeddings_io import UNUSED_SPLIT, EmbeddingSet, load_npz, save_npz
+from evaluation.provenance import Provenance, read_checkpoint_provenance
 from utils.config_checks import ConfigError, check_data_root, check_required, check_targets
 from utils.instantiators import instantiate_loggers
 from utils.training import save_resolved_config
 
 log = logging.getLogger(__name__)
 NO_LABEL = "<none>"
+SOURCES_HELP = ("ckpt_path=<checkpoint> (any of our modules; its backbone config comes with it), "
+                "backbone=ge2e|deeptalk (the encoder as configured: ge2e is the pretrained speaker model, "
+                "deeptalk is untrained) or embeddings=<file>.npz (embeddings extracted before; re-fit heads only)")
+# build_manifest arguments that change how a manifest is built, not which one (not in its cache key)
+_BUILD_ONLY_OPTIONS = ("num_workers", "refresh", "verbose", "progress")
 
 
 def embedding_source(cfg: DictConfig) -> str:
-    if cfg.get("ckpt_path") and cfg.get("embeddings"):
+    """"checkpoint" | "backbone" | "npz": exactly one must be given (no silent untrained default)."""
+    given = {"checkpoint": bool(cfg.get("ckpt_path")), "backbone": cfg.get("backbone") is not None,
+             "npz": bool(cfg.get("embeddings"))}
+    chosen = [k for k, v in given.items() if v]
+    if len(chosen) == 1:
+        return chosen[0]
+    if not chosen:
+        raise ConfigError(f"evaluate.py needs exactly one embedding source and got none: pass {SOURCES_HELP}")
+    keys = {"checkpoint": "ckpt_path", "backbone": "backbone", "npz": "embeddings"}
+    if chosen == ["checkpoint", "npz"]:
         raise ConfigError("give either ckpt_path=... or embeddings=..., not both")
-    return "npz" if cfg.get("embeddings") else "checkpoint" if cfg.get("ckpt_path") else "backbone"
+    raise ConfigError(f"evaluate.py needs exactly one embedding source and got {len(chosen)}: "
+                      f"{', '.join(keys[c] for c in chosen)}. Pass only one of {SOURCES_HELP}")
+
+
+def complete_config(cfg: DictConfig, source: str) -> None:
+    """Fill what the source decides: a checkpoint brings its backbone config (so data.sample_rate is
+    the rate the checkpoint was trained at); an .npz needs no audio settings."""
+    with open_dict(cfg):
+        if source == "checkpoint":
+            import torch
+
+            path = Path(str(cfg.ckpt_path))
+            if not path.is_file():
+                raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r} does not exist")
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            backbone = (ckpt.get("hyper_parameters") or {}).get("backbone")
+            if not isinstance(backbone, dict):
+                raise ValueError(f"{path} has no backbone config in hyper_parameters: not a checkpoint of this framework")
+            cfg.backbone = backbone
+        elif source == "npz" and cfg.get("data") is not None:
+            cfg.data.sample_rate = None  # unused: the embeddings are read from the file
 
 
 def build_embedding_module(cfg: DictConfig):
@@ -38,6 +77,15 @@ def build_embedding_module(cfg: DictConfig):
     if cfg.get("ckpt_path"):
         return load_embedding_module(cfg.ckpt_path)
     return EmbeddingModule(backbone=OmegaConf.to_container(cfg.backbone, resolve=True)).eval()
+
+
+def embedding_provenance(cfg: DictConfig, source: str) -> Provenance:
+    if source == "checkpoint":
+        return read_checkpoint_provenance(cfg.ckpt_path)
+    target = str(OmegaConf.select(cfg, "backbone._target_", default="?"))
+    return Provenance("backbone", target, seen_speakers=(),
+                      note="no training in this framework; weights a backbone ships with (GE2E: VoxCeleb 1+2 and "
+                           "LibriSpeech) are not tracked by speaker")
 
 
 def cache_key(cfg: DictConfig) -> str:
@@ -56,12 +104,13 @@ def cache_key(cfg: DictConfig) -> str:
 def official_splits(records: list[ClipRecord], split_map: dict | None) -> list[str] | None:
     """Map a corpus's own split names (MSP-Podcast Train/Test1, ESD train/test, ...) to train/test.
 
-    Clips in other splits (e.g. Development) get "" and are left out by `evaluate` with a count.
+    Clips in other splits (e.g. Development) get "unused": the official protocol leaves them out
+    (counted), k-fold uses them like any other clip.
     """
     if not split_map or any(r.split is None for r in records):
         return None
     lookup = {str(name): side for side, names in split_map.items() for name in names}
-    mapped = [lookup.get(str(r.split), "") for r in records]
+    mapped = [lookup.get(str(r.split), UNUSED_SPLIT) for r in records]
     return mapped if {"train", "test"} <= set(mapped) else None
 
 
@@ -71,19 +120,48 @@ def records_to_set(records: list[ClipRecord], embeddings: np.ndarray, label_fiel
         raise ConfigError(f"eval.label_field={label_field!r} is not a record field; use 'emotion4' or 'emotion'")
     labels = [getattr(r, label_field) or NO_LABEL for r in records]
     splits = official_splits(records, split_map)
-    if splits is not None and "" in splits:
-        unused = Counter(str(r.split) for r, s in zip(records, splits) if not s)
-        log.info("official split: clips of %s are in neither train nor test and are left out", dict(unused))
-        labels = [NO_LABEL if not s else lab for lab, s in zip(labels, splits)]
-        splits = [s or "train" for s in splits]  # placeholder; these rows carry no label and are filtered out
+    if splits is not None and UNUSED_SPLIT in splits:
+        unused = Counter(str(r.split) for r, s in zip(records, splits) if s == UNUSED_SPLIT)
+        log.info("official split: clips of %s are in neither train nor test (left out by the official protocol)",
+                 dict(unused))
+    unknown = [bool(r.extra.get("speaker_unknown")) for r in records]
     return EmbeddingSet(
         embeddings=embeddings, emotion=labels, speaker=[r.speaker for r in records],
         split=splits,
         session=[r.session for r in records] if all(r.session for r in records) else None,
-        utt_id=[r.utt_id for r in records])
+        utt_id=[r.utt_id for r in records],
+        speaker_unknown=np.array(unknown) if any(unknown) else None)
 
 
-def extract(cfg: DictConfig, out_dir: Path) -> EmbeddingSet:
+def corpus_report(h, records: list[ClipRecord]) -> dict:
+    """The manifest summary of the evaluated corpus (every count it carries, names of skipped files
+    cut to a few per reason), or counts from the records where no summary exists (synthetic)."""
+    report: dict = {"corpus": h.corpus, "root": str(h.root)}
+    summary = None
+    if h.corpus != "synthetic":
+        from datamodules.manifest import load_summary
+
+        options = {k: v for k, v in dict(h.corpus_options or {}).items() if k not in _BUILD_ONLY_OPTIONS}
+        if "quality" in inspect.signature(load_summary).parameters:
+            options["quality"] = h.get("quality")
+        try:
+            summary = load_summary(h.corpus, h.root, h.cache_dir, **options)
+        except FileNotFoundError as e:
+            log.warning("data report: %s", e)
+    if summary is None:
+        report.update(num_clips=len(records), num_speakers=len({r.speaker for r in records}),
+                      per_emotion=dict(Counter(str(r.emotion) for r in records)),
+                      note="no manifest summary for this corpus: counts taken from the records")
+        return report
+    for key, value in summary.items():
+        if key == "skipped":  # up to 1000 names per reason: keep a few, the counts are in skipped_counts
+            report["skipped_examples"] = {reason: names[:5] for reason, names in value.items()}
+        else:
+            report[key] = value
+    return report
+
+
+def extract(cfg: DictConfig, out_dir: Path, provenance: Provenance) -> EmbeddingSet:
     """Embed every clip of the corpus through Lightning's predict loop (all devices, any precision)."""
     check_required(cfg, ["data.root", "data.corpus"])
     check_data_root(cfg.data)
@@ -91,7 +169,8 @@ def extract(cfg: DictConfig, out_dir: Path) -> EmbeddingSet:
     datamodule = instantiate(cfg.data, _convert_="all")
     h = datamodule.hparams
     datamodule.prepare_data()
-    records = load_corpus_records(h.corpus, h.root, h.cache_dir, h.corpus_options)
+    load_kwargs = {"quality": h.get("quality")} if "quality" in inspect.signature(load_corpus_records).parameters else {}
+    records = load_corpus_records(h.corpus, h.root, h.cache_dir, h.corpus_options, **load_kwargs)
     if not records:
         raise ValueError(f"corpus {h.corpus} at {h.root} has no clips")
     cache = Path(cfg.paths.log_dir) / "embedding_cache" / f"{cache_key(cfg)}.npy"
@@ -116,42 +195,129 @@ def extract(cfg: DictConfig, out_dir: Path) -> EmbeddingSet:
         np.save(cache, emb)
     split_map = OmegaConf.to_container(cfg.eval.split_map, resolve=True) if cfg.eval.get("split_map") else None
     emb_set = records_to_set(records, emb, cfg.eval.label_field, split_map)
+    emb_set.provenance = {**provenance.to_dict(), "data": corpus_report(h, records)}
     save_npz(emb_set, out_dir / "embeddings.npz")
     log.info("embeddings: %d clips -> %s (re-fit heads with embeddings=%s)", len(records), out_dir / "embeddings.npz",
              out_dir / "embeddings.npz")
     return emb_set
 
 
+def npz_provenance(emb_set: EmbeddingSet, path: str) -> Provenance:
+    if emb_set.provenance is None:
+        log.warning("%s carries no provenance (an older extraction?): cannot tell whether its encoder heard the "
+                    "test speakers; results are labelled 'provenance unknown'", path)
+        return Provenance("npz", str(path), None, note="embeddings file without provenance: leakage cannot be ruled out")
+    return Provenance.from_dict(emb_set.provenance)
+
+
+def align_to(reference: EmbeddingSet, other: EmbeddingSet, other_path: str) -> EmbeddingSet:
+    """`other` reordered to `reference`'s rows by utt_id; refuses sets that do not hold the same clips
+    with the same labels and speakers (a comparison on different clips compares nothing)."""
+    if reference.utt_id is None or other.utt_id is None:
+        raise ConfigError(f"eval.compare_to={other_path}: both embedding sets need utt_id arrays to match clips")
+    ref_ids, other_ids = reference.utt_id.tolist(), other.utt_id.tolist()
+    for name, ids in (("the evaluated set", ref_ids), (other_path, other_ids)):
+        dup = len(ids) - len(set(ids))
+        if dup:
+            raise ConfigError(f"eval.compare_to: {name} has {dup} duplicate utt_id(s)")
+    only_ref, only_other = sorted(set(ref_ids) - set(other_ids)), sorted(set(other_ids) - set(ref_ids))
+    if only_ref or only_other:
+        raise ConfigError(f"eval.compare_to={other_path} does not hold the same clips: {len(only_ref)} clip(s) only in "
+                          f"the evaluated set (e.g. {only_ref[:3]}), {len(only_other)} only in {other_path} "
+                          f"(e.g. {only_other[:3]}); compare embeddings of one corpus extracted with the same settings")
+    index = {u: i for i, u in enumerate(other_ids)}
+    aligned = other.subset(np.array([index[u] for u in ref_ids]))
+    for field in ("emotion", "speaker"):
+        differ = np.flatnonzero(getattr(aligned, field) != getattr(reference, field))
+        if differ.size:
+            raise ConfigError(f"eval.compare_to={other_path}: {differ.size} clip(s) have another {field} than in the "
+                              f"evaluated set (e.g. utt_id {reference.utt_id[differ[:3]].tolist()}); extract both with "
+                              "the same eval.label_field")
+    # the protocol columns come from the reference so that both are folded identically
+    return EmbeddingSet(embeddings=aligned.embeddings, emotion=reference.emotion, speaker=reference.speaker,
+                        split=reference.split, session=reference.session, utt_id=reference.utt_id,
+                        speaker_unknown=reference.speaker_unknown, provenance=aligned.provenance)
+
+
+def label_mask(emb_set: EmbeddingSet, classes: list[str] | None, label_field: str) -> tuple[np.ndarray, dict]:
+    """Rows to evaluate and what was left out: clips without a label, clips outside `classes`."""
+    present = Counter(emb_set.emotion.tolist())
+    no_label = int(present.pop(NO_LABEL, 0))
+    left_out: dict = {}
+    if no_label:
+        left_out["no_label"] = no_label
+        log.info("evaluation: %d clips without a %s label left out", no_label, label_field)
+    if classes:
+        absent = [c for c in classes if c not in present]
+        if absent:
+            raise ValueError(f"eval.classes: class(es) {absent} not present; present labels: {dict(sorted(present.items()))}")
+        outside = {label: n for label, n in sorted(present.items()) if label not in classes}
+        if outside:
+            left_out["outside_classes"] = outside
+            log.info("evaluation keeps classes %s; rows dropped per label: %s", classes, outside)
+        return np.isin(emb_set.emotion, classes), left_out
+    return emb_set.emotion != NO_LABEL, left_out
+
+
+def head_kwargs_from(e: DictConfig) -> dict:
+    """One `eval.svm` parameter group for the SVM head and both stages of the Sad-first head."""
+    svm = OmegaConf.to_container(e.svm, resolve=True) if e.get("svm") is not None else {}
+    out: dict = {}
+    if "svm" in e.heads:
+        out["svm"] = dict(svm)
+    if "sad_first" in e.heads:
+        out["sad_first"] = {"svm": dict(svm)}
+    return out
+
+
 def evaluate(cfg: DictConfig) -> dict:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    source = embedding_source(cfg)
+    complete_config(cfg, source)
     out_dir = Path(cfg.paths.output_dir)
     save_resolved_config(cfg, out_dir)
-    source = embedding_source(cfg)
-    emb_set = load_npz(cfg.embeddings) if source == "npz" else extract(cfg, out_dir)
+    if source == "npz":
+        emb_set = load_npz(cfg.embeddings)
+        provenance = npz_provenance(emb_set, cfg.embeddings)
+    else:
+        provenance = embedding_provenance(cfg, source)
+        emb_set = extract(cfg, out_dir, provenance)
     if emb_set is None:  # non-zero DDP rank after extraction
         return {}
     e = cfg.eval
-    unlabeled = int((emb_set.emotion == NO_LABEL).sum())
-    if e.get("classes"):
-        emb_set, dropped = filter_labels(emb_set, list(e.classes))
-        if dropped:
-            log.info("evaluation keeps classes %s; rows dropped per label: %s", list(e.classes), dropped)
-    elif unlabeled:
-        emb_set, _ = filter_labels(emb_set, [c for c in emb_set.classes if c != NO_LABEL])
-        log.info("evaluation: %d clips without a %s label left out", unlabeled, e.label_field)
+    other = None
+    if e.get("compare_to"):
+        other = align_to(emb_set, load_npz(e.compare_to), str(e.compare_to))
+    data_report = dict((emb_set.provenance or {}).get("data") or {"note": "no corpus report stored with these embeddings"})
+    keep, left_out = label_mask(emb_set, list(e.classes) if e.get("classes") else None, e.label_field)
+    data_report["left_out_by_evaluation"] = left_out
+    emb_set = emb_set.subset(np.flatnonzero(keep))
     print(f"Evaluating {len(emb_set)} clips, {len(set(emb_set.speaker))} speakers, labels "
-          f"{dict(sorted(Counter(emb_set.emotion.tolist()).items()))}")
+          f"{dict(sorted(Counter(emb_set.emotion.tolist()).items()))}"
+          + (f"; left out: {left_out}" if left_out else ""))
 
     loggers = instantiate_loggers(cfg.get("logger"))
     logger_fn = (lambda d: [lg.log_metrics(d) for lg in loggers]) if loggers else None
+    from evaluation.protocols import plan_folds
     from evaluation.run_heads import run_evaluation
 
-    svm = {"C": e.svm_C, "gamma": e.svm_gamma, "nystroem_threshold": e.nystroem_above,
-           "param_grid": OmegaConf.to_container(e.param_grid, resolve=True) if e.grid_search else None}
-    head_kwargs = {h: dict(svm) for h in ("svm", "sad_first") if h in e.heads}
-    results = run_evaluation(emb_set, heads=list(e.heads), protocol=e.protocol, n_folds=e.n_folds, seed=cfg.seed,
-                             balancing=e.balancing, head_kwargs=head_kwargs, out_dir=out_dir, logger_fn=logger_fn)
+    plan = plan_folds(emb_set, e.protocol, n_folds=e.n_folds, seed=cfg.seed, repeats=int(e.get("repeats", 1)),
+                      allow_speaker_overlap=bool(e.get("allow_speaker_overlap", False)),
+                      unknown_speakers_train=e.get("unknown_speakers_train"))
+    run_kwargs = dict(heads=list(e.heads), protocol=e.protocol, n_folds=e.n_folds, seed=cfg.seed, balancing=e.balancing,
+                      head_kwargs=head_kwargs_from(e), allow_transductive=bool(e.get("allow_transductive", False)),
+                      plan=plan)
+    results = run_evaluation(emb_set, out_dir=out_dir, logger_fn=logger_fn, provenance=provenance,
+                             data_report=data_report, **run_kwargs)
+    if other is not None:
+        from evaluation.comparison import compare_results
+
+        other = other.subset(np.flatnonzero(keep))
+        other_results = run_evaluation(other, out_dir=out_dir / "compare_to", provenance=npz_provenance(other, e.compare_to),
+                                       data_report=data_report, verbose=False, **run_kwargs)
+        results["comparison"] = compare_results(results, other_results, out_dir, name_a=_source_name(cfg, source),
+                                                name_b=str(e.compare_to))
     if e.get("verification_analysis"):
         from evaluation.verification_analysis import run_verification_analysis
 
@@ -159,6 +325,14 @@ def evaluate(cfg: DictConfig) -> dict:
     for lg in loggers:
         _log_images(lg, out_dir)
     return results
+
+
+def _source_name(cfg: DictConfig, source: str) -> str:
+    if source == "npz":
+        return str(cfg.embeddings)
+    if source == "checkpoint":
+        return str(cfg.ckpt_path)
+    return f"backbone {OmegaConf.select(cfg, 'backbone._target_', default='?')}"
 
 
 def _log_images(logger, out_dir: Path) -> None:
