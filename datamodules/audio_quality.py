@@ -12,7 +12,11 @@ One function decides for every entry point (manifest probe, shard reader, a futu
     if quality.action == "skip": ...count it, report it, do not embed it...
 
 `samples` is the decoded signal before resampling or trimming: shape (frames,) or (frames, channels)
-as soundfile returns it, numpy or torch. Categories, most severe first:
+as soundfile returns it, numpy or torch. For a file on disk, `datamodules.manifest.probe_file(path,
+policy)` decodes it once and returns (info, unusable-file reason, quality). A run that screens many
+clips (e.g. predict.py) feeds each result to a `QualityTally(policy)`, calls `raise_for_errors(...)`
+and prints `report(...)`, so that what was skipped is counted and named as in the manifest report.
+Categories, most severe first:
 
 - `nan_inf`: NaN or Inf samples (float files only; nothing downstream survives them)
 - `digital_silence`: every sample is exactly zero

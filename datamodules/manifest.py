@@ -109,16 +109,14 @@ def probe_file(path: str | Path, policy: Optional[QualityPolicy] = None) -> Prob
 
 
 def probe_records(records: list[ClipRecord], num_workers: Optional[int] = None, quality: Any = None,
-                  progress: bool = True, check_quality: bool = True,
-                  ) -> tuple[list[ClipRecord], list[tuple[str, str]]]:
+                  progress: bool = True) -> tuple[list[ClipRecord], list[tuple[str, str]]]:
     """Fill duration/sample_rate; return (usable records, [(path, reason)] for the rest). Order is kept.
 
-    With `check_quality` (default) every file is decoded and assessed under `quality` (a QualityPolicy or
-    its config mapping; None = defaults); a clip whose action is `error` raises AudioQualityError after
-    all files were probed, naming every offender. `probe_records_with_tally` also returns the counts.
+    Every file is decoded and assessed under `quality` (a QualityPolicy or its config mapping; None = the
+    defaults, `{"enabled": False}` = header only); a clip whose action is `error` raises AudioQualityError
+    after all files were probed, naming every offender. `probe_records_with_tally` also returns the counts.
     """
-    kept, skipped, _ = probe_records_with_tally(records, num_workers, quality if check_quality else {"enabled": False},
-                                                progress)
+    kept, skipped, _ = probe_records_with_tally(records, num_workers, quality, progress)
     return kept, skipped
 
 
