@@ -48,3 +48,44 @@ def test_skips(tmp_path):
 def test_bad_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="Emotion Speech Dataset"):
         parse_esd(tmp_path)
+
+
+def test_official_split_shares_every_speaker_so_auto_falls_back_to_kfold(tmp_path):
+    """ESD's train/test folders sit inside each speaker's folder: every speaker is on both sides."""
+    import numpy as np
+
+    from evaluation.protocols import plan_folds
+    from utils.evaluating import records_to_set
+
+    root = build_esd(tmp_path / "ESD", ["0001", "0002", "0011", "0012"], per_emotion=3, split_folders=True)
+    records = parse_esd(root).records
+    s = records_to_set(records, np.random.default_rng(0).normal(size=(len(records), 4)), "emotion4",
+                       {"train": ["Train", "train"], "test": ["Test1", "test"]})
+    assert set(s.split.tolist()) == {"train", "test", "unused"}  # evaluation/ is in neither part
+    plan = plan_folds(s, "auto", n_folds=2)
+    assert plan.protocol == "kfold" and "4 speaker(s)" in plan.fallback
+    with pytest.raises(ValueError, match=r"4 speaker\(s\) are in both"):
+        plan_folds(s, "official")
+
+
+def test_evaluate_on_esd_records_the_fallback_and_the_corpus_report(tmp_path):
+    import json
+
+    from tests.conftest import make_cfg
+    from utils.evaluating import evaluate
+
+    root = build_esd(tmp_path / "ESD", ["0001", "0002", "0011", "0012"], per_emotion=3, split_folders=True)
+    write_wav(root / "Emotion Speech Dataset" / "0001" / "Contempt" / "train" / "0001_002000.wav")  # skipped
+    out = tmp_path / "run"
+    cfg = make_cfg("evaluate.yaml", out, ["data=esd", f"data.root={root}", "backbone=deeptalk", "eval.n_folds=2",
+                                          "eval.repeats=2", "eval.heads=[linear]", "eval.verification_analysis=false"],
+                   tmp_path / "data")
+    evaluate(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    p = metrics["protocol"]
+    assert p["requested"] == "auto" and p["name"] == "kfold" and p["speaker_independent"]
+    assert "4 speaker(s)" in p["fallback"] and p["repeats"] == 2
+    data = metrics["data"]
+    assert data["corpus"] == "esd" and data["num_clips"] == 60 and data["num_speakers"] == 4
+    assert data["skipped_counts"] == {"unknown label 'Contempt'": 1}
+    assert data["left_out_by_evaluation"] == {"no_label": 12}  # surprise has no emotion4 label

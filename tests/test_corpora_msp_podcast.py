@@ -64,3 +64,31 @@ def test_bad_inputs(tmp_path):
         "FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set\nMSP-PODCAST_0001_0001.wav,A,high,2,5,1,Male,Train\n")
     result = parse_msp_podcast(root2)
     assert result.skip_counts == {"non-numeric EmoAct/EmoVal/EmoDom": 1}
+
+
+def test_unknown_speakers_are_flagged_in_the_embedding_set_and_never_tested(tmp_path):
+    import numpy as np
+
+    from evaluation.protocols import plan_folds
+    from utils.evaluating import records_to_set
+
+    rows = []
+    for spk in range(6):  # six known speakers with clips in Train, two in Test1
+        split = "Test1" if spk >= 4 else "Train"
+        for k, emo in enumerate("AHNSAHNS"):
+            rows.append((f"MSP-PODCAST_{spk:04d}_{k:04d}.wav", emo, 4, 4, 4, 100 + spk, "Male", split))
+    for k, (emo, split) in enumerate(zip("AHNSAHNS", ["Train"] * 4 + ["Test1"] * 4)):
+        rows.append((f"MSP-PODCAST_0999_{k:04d}.wav", emo, 4, 4, 4, "Unknown", "Female", split))
+    root = build_msp(tmp_path / "MSP", rows)
+    records = parse_msp_podcast(root).records
+    s = records_to_set(records, np.random.default_rng(0).normal(size=(len(records), 4)), "emotion4",
+                       {"train": ["Train"], "test": ["Test1"]})
+    unknown = np.flatnonzero(s.speaker_unknown)
+    assert len(unknown) == 8 and all(s.speaker[i].startswith("msp:unknown:") for i in unknown)
+    (official,) = plan_folds(s, "auto").folds  # the corpus's Train/Test1 are speaker-disjoint: official
+    assert not np.isin(unknown, official.test_idx).any()
+    assert np.isin(unknown[:4], official.train_idx).all()  # unknown clips of Train may train
+    kfold = plan_folds(s, "kfold", n_folds=3)
+    for f in kfold.folds:  # under k-fold they are out of both sides
+        assert not np.isin(unknown, f.test_idx).any() and not np.isin(unknown, f.train_idx).any()
+    assert kfold.left_out == {"unknown_speaker": 8}

@@ -2,6 +2,10 @@
 
 Clips whose `SpkrID` is `Unknown` each get their own speaker id (`msp:unknown:<file>`, flagged with
 `extra["speaker_unknown"]`), so they never pool into one giant pseudo-speaker in speaker-grouped folds.
+Their real speaker may still be a test speaker, so the flag (not the id's spelling) is what the
+evaluation reads (`EmbeddingSet.speaker_unknown`): such clips are never tested; they train only
+under the official split, whose Train/Test sets the corpus authors made speaker-disjoint; k-fold
+leaves them out of both sides by default (`eval.unknown_speakers_train`), counted in metrics.json.
 `Split_Set` values (Train, Development, Test1, Test2, Test3) are kept verbatim as `split`.
 """
 from __future__ import annotations
