@@ -66,7 +66,7 @@ class SpeakerDataModule(L.LightningDataModule):
         self.augment = augment
         if corpus != "synthetic" and not Path(root).exists():
             raise FileNotFoundError(f"data.root={root!r} does not exist: set data.root to the folder where you unpacked "
-                                    f"the {corpus} corpus (see FORMATS.md for the expected layout)")
+                                    f"the {corpus} corpus (see docs/corpora.md for the expected layout)")
         if format not in ("files", "shards"):
             raise ValueError(f"data.format={format!r}: expected 'files' or 'shards'")
         if format == "shards" and not shards_dir:

@@ -73,7 +73,8 @@ def check_required(cfg: DictConfig, keys: list[str]) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     for key in keys:
         if key in missing:
-            hint = " (the folder where you unpacked the corpus; see FORMATS.md)" if key.endswith("root") else ""
+            hint = (" (the folder where you unpacked the corpus; docs/corpora.md gives the layout each "
+                    "data=<corpus> expects)") if key.endswith("root") else ""
             raise ConfigError(f"{key} is required but not set: pass {key}=...{hint}")
 
 
@@ -82,7 +83,7 @@ def check_data_root(data_cfg: DictConfig) -> None:
     corpus, root = data_cfg.get("corpus"), data_cfg.get("root")
     if corpus != "synthetic" and root and not Path(str(root)).expanduser().exists():
         raise ConfigError(f"data.root={root} does not exist: set data.root to the folder where you unpacked the "
-                          f"{corpus} corpus (see FORMATS.md for the layout it must have)")
+                          f"{corpus} corpus (docs/corpora.md gives the layout it must have)")
 
 
 def group_options(group: str) -> list[str]:
