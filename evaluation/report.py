@@ -194,4 +194,7 @@ def print_table(results: dict, title: str = "") -> None:
         table.add_column(col, justify="left" if i == 0 else "right")
     for r in rows[1:]:
         table.add_row(*r)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: do not wrap "84.57 ± 5.50" over two lines at 80 columns
+        console = Console(width=160)
+    console.print(table)

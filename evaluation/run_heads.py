@@ -142,7 +142,7 @@ def _test_train_ratio(folds: Sequence[Fold]) -> float:
 def _summarize_head(fold_entries: list[dict], labels: list[str], plan: FoldPlan, ratio: float) -> dict:
     out = summarize_folds(fold_entries, labels)
     for key in SCALARS:
-        ci = corrected_t_interval([f[key] for f in fold_entries], ratio)
+        ci = corrected_t_interval([f[key] for f in fold_entries], ratio, bounds=(0.0, 1.0))
         out[f"{key}_ci95"] = None if ci is None else [ci["low"], ci["high"]]
     out["n_scores"] = len(fold_entries)
     if plan.repeats > 1:

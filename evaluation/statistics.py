@@ -17,8 +17,13 @@ from scipy import stats
 INTERVAL_METHOD = "t-interval over folds x repeats with the Nadeau-Bengio corrected variance"
 
 
-def corrected_t_interval(scores: Sequence[float], test_train_ratio: float, confidence: float = 0.95) -> dict | None:
-    """Interval for the mean of J fold scores; None for a single fold (no spread to estimate)."""
+def corrected_t_interval(scores: Sequence[float], test_train_ratio: float, confidence: float = 0.95,
+                         bounds: tuple[float, float] | None = None) -> dict | None:
+    """Interval for the mean of J fold scores; None for a single fold (no spread to estimate).
+
+    bounds: the range the score cannot leave (e.g. (0, 1) for accuracies): the interval is cut to
+    it and `clipped` says so.
+    """
     x = np.asarray(scores, dtype=np.float64)
     if len(x) < 2:
         return None
@@ -27,8 +32,13 @@ def corrected_t_interval(scores: Sequence[float], test_train_ratio: float, confi
     se = np.sqrt((1.0 / len(x) + test_train_ratio) * x.var(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * se)
     mean = float(x.mean())
-    return {"low": mean - half, "high": mean + half, "confidence": confidence, "n": int(len(x)),
-            "test_train_ratio": float(test_train_ratio), "method": INTERVAL_METHOD}
+    low, high = mean - half, mean + half
+    clipped = False
+    if bounds is not None:
+        clipped = low < bounds[0] or high > bounds[1]
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"low": low, "high": high, "confidence": confidence, "n": int(len(x)),
+            "test_train_ratio": float(test_train_ratio), "method": INTERVAL_METHOD, "clipped": clipped}
 
 
 def paired_comparison(scores_a: Sequence[float], scores_b: Sequence[float], test_train_ratio: float | None = None,

@@ -21,6 +21,10 @@ def test_corrected_interval_is_the_nadeau_bengio_t_interval():
     assert (plain["low"], plain["high"]) == (pytest.approx(lo), pytest.approx(hi))
     assert ci["high"] - ci["low"] > plain["high"] - plain["low"]
     assert corrected_t_interval([0.7], test_train_ratio=0.25) is None  # one fold: no interval
+    # a score that cannot exceed 1: the interval is cut to the range and says so
+    high = corrected_t_interval([0.99, 0.80, 1.0, 0.95], test_train_ratio=0.25, bounds=(0.0, 1.0))
+    assert high["high"] == 1.0 and high["clipped"] and not ci["clipped"]
+    assert corrected_t_interval([0.99, 0.80, 1.0, 0.95], test_train_ratio=0.25)["high"] > 1.0
 
 
 def test_paired_comparison_finds_a_consistent_gain():
