@@ -271,9 +271,9 @@ def head_kwargs_from(e: DictConfig) -> dict:
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    source = embedding_source(cfg)  # before anything else: a missing source is the first thing to say
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    source = embedding_source(cfg)
     complete_config(cfg, source)
     out_dir = Path(cfg.paths.output_dir)
     save_resolved_config(cfg, out_dir)
