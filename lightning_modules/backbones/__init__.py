@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 from lightning_modules.backbones.base import Backbone
+from lightning_modules.backbones.context_encoder import ContextEncoderBackbone
+from lightning_modules.backbones.conv_feature_encoder import ConvFeatureEncoderBackbone
 from lightning_modules.backbones.deeptalk import DeepTalkBackbone
 from lightning_modules.backbones.ge2e import GE2EBackbone
 
-BACKBONES: dict[str, type[Backbone]] = {"deeptalk": DeepTalkBackbone, "ge2e": GE2EBackbone}
+BACKBONES: dict[str, type[Backbone]] = {"deeptalk": DeepTalkBackbone, "ge2e": GE2EBackbone,
+                                        "data2vec_cnn": ConvFeatureEncoderBackbone,
+                                        "context_encoder": ContextEncoderBackbone}
 
 
 def flops_per_second_of_audio(backbone: Backbone) -> float:
@@ -16,4 +20,5 @@ def flops_per_second_of_audio(backbone: Backbone) -> float:
     return float(backbone.flops_per_second())
 
 
-__all__ = ["BACKBONES", "Backbone", "DeepTalkBackbone", "GE2EBackbone", "flops_per_second_of_audio"]
+__all__ = ["BACKBONES", "Backbone", "ContextEncoderBackbone", "ConvFeatureEncoderBackbone", "DeepTalkBackbone",
+           "GE2EBackbone", "flops_per_second_of_audio"]
