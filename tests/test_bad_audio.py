@@ -1,7 +1,8 @@
 """Bad-input matrix: a folder corpus with one planted file of every kind users ship by accident.
 
-For each stage (prepare = the manifest, train = a fast dev run through `utils.training.train`) the
-test checks that every planted file lands in its expected category of the report, with the expected
+For each stage (prepare = the manifest, train = a fast dev run through `utils.training.train`,
+evaluate = `utils.evaluating.evaluate` with the pretrained GE2E, its metrics.json data block) the test
+checks that every planted file lands in its expected category of the report, with the expected
 counts, that nothing reaches training unannounced, and that nothing crashes.
 """
 from __future__ import annotations
@@ -150,3 +151,26 @@ def test_train_stage_fast_dev_run_sees_only_clean_clips(corpus, tmp_path):
     summary = load_summary("folders", root, h.cache_dir, quality=h.quality, **h.corpus_options)
     _check_report(summary, planted, used)
     assert json.loads(json.dumps(summary))["quality"]["policy"]["actions"]["clipping"] == "keep"
+
+
+def test_evaluate_stage_pretrained_ge2e_reports_the_counts_in_metrics_json(corpus, tmp_path):
+    from utils.evaluating import evaluate
+
+    root, planted = corpus
+    out = tmp_path / "eval"
+    cfg = make_cfg("evaluate.yaml", out, [
+        "backbone=ge2e", "data=folders", f"data.root={root}", "data.num_workers=0", "eval.n_folds=2",
+        "eval.repeats=1", "eval.heads=[linear]", "eval.classes=[happy,sad]", "eval.verification_analysis=false"],
+        tmp_path / "data")
+    evaluate(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    data = metrics["data"]
+    assert data["num_clips"] == 2 * len(GOOD_SPEAKERS) + 4
+    assert data["quality_counts"] == {"nan_inf": 1, "digital_silence": 1, "near_silence": 1, "too_short": 1,
+                                      "clipping": 1}
+    assert data["skipped_counts"]["digital_silence: all samples zero"] == 1
+    assert data["skipped_counts"]["not an audio file (.txt)"] == 1
+    assert data["multichannel_counts"] == {"2": 1}
+    assert sorted(data["sample_rate_outliers"]) == ["48000", "96000"]
+    embedded = np.load(out / "embeddings.npz", allow_pickle=False)
+    assert len(embedded["utt_id"]) == data["num_clips"]  # only the clips the report kept were embedded
