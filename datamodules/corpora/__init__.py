@@ -1,7 +1,7 @@
 """Corpus parsers: `get_parser(name)(root, **options) -> ParseResult`.
 
 Configs name a corpus by one of the `CORPUS_PARSERS` keys; each parser reads the corpus exactly as
-shipped (see shared/corpora/FORMATS.md) and reports every clip it could not use.
+shipped (see docs/corpora.md) and reports every clip it could not use.
 """
 from __future__ import annotations
 
