@@ -1,14 +1,13 @@
 """Shared launcher for train.py / evaluate.py: friendly config errors, then Hydra's own main.
 
 The task runs inside a wrapper (as in lightning-hydra-template) that always closes the loggers,
-failed runs included, so a crashed run's W&B page is marked failed instead of hanging "running";
-in a multirun sweep a failed job can be returned as NaN (`sweep_failed_job_as_nan: true`, set by
-the hparams_search presets) so Optuna records the trial as failed and the search goes on.
+failed runs included, so a crashed run's W&B page is marked failed instead of hanging "running".
+A failed job in an Optuna search is recorded as a FAILED trial by the sweeper, which goes on
+(`max_failure_rate` in the hparams_search presets).
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -16,6 +15,21 @@ from typing import Callable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
+
+
+def sqlite_url(path: str) -> str:
+    """`${sqlite_url:<file>}` in configs: an SQLAlchemy sqlite URL whose folder exists (Optuna storage is
+    created before any job has made the log folder)."""
+    p = Path(path).expanduser().resolve()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{p}"
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("sqlite_url"):
+        OmegaConf.register_new_resolver("sqlite_url", sqlite_url)
 
 
 def close_loggers(failed: bool) -> None:
@@ -30,20 +44,14 @@ def close_loggers(failed: bool) -> None:
 
 
 def run_task(task: Callable, cfg):
-    """Run `task(cfg)`; close loggers whatever happens; in sweeps optionally turn a failure into NaN."""
-    from utils.config_checks import ConfigError
-
+    """Run `task(cfg)`; close loggers whatever happens (the W&B run is marked failed on an exception)."""
     failed = True
     try:
         out = task(cfg)
         failed = False
         return out
-    except ConfigError:
-        raise
     except Exception:
-        if _is_multirun() and cfg.get("sweep_failed_job_as_nan", False):
-            log.exception("job failed; returning NaN so the sweeper records a failed trial and continues")
-            return math.nan
+        log.exception("the run failed")
         raise
     finally:
         close_loggers(failed)
@@ -52,7 +60,7 @@ def run_task(task: Callable, cfg):
             log.info("output dir: %s", out_dir)
 
 
-def _is_multirun() -> bool:
+def is_multirun() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -64,6 +72,7 @@ def _is_multirun() -> bool:
 
 def launch(task: Callable, config_name: str) -> None:
     os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+    register_resolvers()
     from utils.config_checks import ConfigError, precheck_overrides
 
     args = sys.argv[1:]

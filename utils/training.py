@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +58,22 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     return str(p)
 
 
-def optimized_metric_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
-    """The value sweepers optimise (`optimized_metric`); NaN, with a warning naming what was logged, when
-    the run never logged it (Optuna then records a failed trial instead of a made-up score)."""
+def optimized_metric_value(cfg: DictConfig, metrics: dict[str, Any], sweeping: bool = False) -> float | None:
+    """The value sweepers optimise (`optimized_metric`). In a sweep a missing or non-finite value is an
+    error (the sweeper records a FAILED trial rather than a made-up score); a single run only warns."""
     name = cfg.get("optimized_metric")
     if not name:
         return None
-    if name not in metrics:
+    value = metrics.get(name)
+    if value is None or not math.isfinite(float(value)):
         logged = sorted(k for k, v in metrics.items() if isinstance(v, float))
-        log.warning("optimized_metric=%r was not logged by this run (logged: %s); returning NaN", name, logged)
-        return float("nan")
-    return float(metrics[name])
+        msg = (f"optimized_metric={name!r} is {'missing' if value is None else value} at the end of this run "
+               f"(logged: {logged})")
+        if sweeping:
+            raise ValueError(msg)
+        log.warning(msg)
+        return None if value is None else float(value)
+    return float(value)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
