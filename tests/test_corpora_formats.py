@@ -68,3 +68,14 @@ def test_one_clip_in_two_formats_is_read_once_and_reported(tmp_path):
     assert [r.utt_id for r in result.records] == ["03a01Wa", "08b02Tb", "16a05Fc"]
     assert result.records[0].path.endswith(".wav")
     assert result.skip_counts == {"same clip as 03a01Wa.wav in another format": 1}
+
+
+def test_librispeech_flac_with_a_wav_conversion_beside_it_is_one_clip(tmp_path):
+    from datamodules.corpora.librispeech import parse_librispeech
+    from tests.fixtures_corpora import build_librispeech
+
+    base = build_librispeech(tmp_path / "ls", {"train-clean-100": ["19-198-0001", "19-198-0002"]})
+    write_wav(base / "train-clean-100" / "19" / "198" / "19-198-0001.wav")
+    result = parse_librispeech(base)
+    assert sorted(r.utt_id for r in result.records) == ["19-198-0001", "19-198-0002"]
+    assert result.skip_counts == {"same clip as 19-198-0001.wav in another format": 1}

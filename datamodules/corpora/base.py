@@ -169,7 +169,10 @@ def _format_rank(path: Path) -> int:
 
 
 def one_per_clip(paths: Iterable[Path], result: ParseResult) -> list[Path]:
-    """One file per clip (same folder + stem): the preferred format; every other copy is skipped with a reason."""
+    """One file per clip (same folder + stem): the preferred format; every other copy is skipped with a reason.
+
+    Clips keep the order in which their first file came.
+    """
     groups: dict[tuple[Path, str], list[Path]] = {}
     for p in paths:
         groups.setdefault((p.parent, p.stem), []).append(p)
@@ -179,7 +182,7 @@ def one_per_clip(paths: Iterable[Path], result: ParseResult) -> list[Path]:
         kept.append(group[0])
         for other in group[1:]:
             result.skip(other, f"same clip as {group[0].name} in another format")
-    return sorted(kept)
+    return kept
 
 
 def find_audio(folder: Path, stem: str) -> Optional[Path]:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Optional
 
-from datamodules.corpora.base import ParseResult, require_dir, speaker_id, walk_files
+from datamodules.corpora.base import ParseResult, one_per_clip, require_dir, speaker_id, walk_files
 from datamodules.records import ClipRecord
 
 CORPUS = "librispeech"
@@ -43,7 +43,7 @@ def parse_librispeech(root: str | Path, subsets: Optional[Iterable[str]] = None,
     texts: dict[str, str] = {}
     loaded_chapters: set[Path] = set()
     unlisted: set[str] = set()
-    for path in walk_files(root, (".flac", ".wav")):
+    for path in one_per_clip(walk_files(root, (".flac", ".wav")), result):
         m = _NAME.match(path.stem)
         parts = path.parts
         if not m or len(parts) < 4 or parts[-3] != m.group(1) or parts[-2] != m.group(2):
