@@ -1,7 +1,8 @@
 """The single audio path every corpus goes through: decode, downmix, resample, trim, crop.
 
-Decoding uses soundfile (libsndfile: WAV, FLAC, OGG); torchaudio is only used for resampling,
-so no FFmpeg/torchcodec install is needed. Files soundfile cannot decode (e.g. VoxCeleb2's m4a)
+Decoding uses soundfile: any format libsndfile reads (WAV, FLAC, OGG, AIFF, ...; MP3 and Opus with
+libsndfile >= 1.1), recognised from the content whatever the extension says; torchaudio is only used
+for resampling, so no FFmpeg/torchcodec install is needed. Files soundfile cannot decode (e.g. VoxCeleb2's m4a)
 raise `AudioDecodeError` naming the file and what to do about it.
 """
 from __future__ import annotations
