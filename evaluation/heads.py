@@ -4,6 +4,11 @@ a linear probe and a neutral-vs-emotional detector.
 All heads are sklearn estimators (`fit(X, y, groups=None)`, `predict`, clonable via get_params),
 so sklearn's model selection tools work on them. Every head also says which labels it is scored
 on (`scoring_labels` / `scoring_order`): the detector is scored on its binary task.
+
+`predict_proba(X)` gives one probability per class of `classes_` (what predict.py reports). The
+logistic heads have them natively; the SVM heads only when fitted with `probability=True` (Platt
+scaling fitted on speaker-disjoint folds of the training rows; the decisions stay the plain SVM's),
+which evaluate.py sets for the heads it exports, not for the cross-validated ones.
 """
 from __future__ import annotations
 
@@ -12,9 +17,10 @@ import logging
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
-from sklearn.model_selection import GridSearchCV, GroupKFold
+from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
@@ -62,6 +68,10 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         closed-form solve: measured ~100x faster than "linear_svc" (LinearSVC with the same C) on
         20k overlapping-class rows at C=1000, where LinearSVC's solver is badly conditioned
         (scripts/benchmark_heads.py), with the same held-out UA.
+    probability: also fit `predict_proba`: sklearn's sigmoid (Platt) calibration of the decision
+        scores on `calibration_folds` speaker-disjoint folds of the training rows (GroupKFold on
+        `groups`; stratified folds, recorded as not speaker-disjoint, without groups). `predict` stays
+        the SVM fitted on all rows, so the calibrated probabilities can disagree with it near a boundary.
     """
 
     def __init__(
@@ -78,6 +88,8 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         linear_max_iter: int = 10_000,
         cache_size_mb: float = 1000.0,
         use_nystroem: bool | None = None,
+        probability: bool = False,
+        calibration_folds: int = 5,
         random_state: int = 0,
     ):
         self.C = C
@@ -92,6 +104,8 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         self.linear_max_iter = linear_max_iter
         self.cache_size_mb = cache_size_mb
         self.use_nystroem = use_nystroem
+        self.probability = probability
+        self.calibration_folds = calibration_folds
         self.random_state = random_state
 
     def _resolve_gamma(self, X: np.ndarray) -> float:
@@ -137,12 +151,42 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, groups=None) -> "SVMHead":
         X, y = _check_xy(X, y)
+        for stale in ("calibrated_", "calibration_"):  # a refit without probability must not keep old ones
+            self.__dict__.pop(stale, None)
         if self.param_grid:
             self._fit_grid(X, y, groups)
         else:
             self.model_ = self._build(X).fit(X, y)
         self.classes_ = self.model_.classes_
+        if self.probability:
+            self._fit_calibration(X, y, groups)
         return self
+
+    def _fit_calibration(self, X: np.ndarray, y: np.ndarray, groups) -> None:
+        """Platt scaling of the decision scores, learnt on held-out folds (speakers unseen by their fit)."""
+        n_groups = 0 if groups is None else len(np.unique(groups))
+        folds = min(int(self.calibration_folds), n_groups) if groups is not None else int(self.calibration_folds)
+        if folds < 2:
+            raise ValueError(f"SVMHead probability=True: calibration needs >= 2 folds, got calibration_folds="
+                             f"{self.calibration_folds} and {n_groups} speaker group(s)")
+        if groups is not None:
+            splits = list(GroupKFold(n_splits=folds, shuffle=True, random_state=self.random_state).split(X, y, groups))
+        else:
+            log.info("SVMHead: calibration folds without speaker groups are not speaker-disjoint")
+            splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.random_state).split(X, y))
+        self.calibrated_ = CalibratedClassifierCV(clone(self.model_), method="sigmoid", cv=splits, ensemble=False)
+        self.calibrated_.fit(X, y)
+        self.calibration_ = {"method": "sigmoid", "folds": folds, "speaker_disjoint": groups is not None}
+
+    def predict_proba(self, X) -> np.ndarray:
+        """(N, len(classes_)) calibrated probabilities; needs probability=True at fit time."""
+        if not hasattr(self, "calibrated_"):
+            raise ValueError("SVMHead.predict_proba: this head was fitted without probability=True "
+                             "(its decision scores are not probabilities); refit with probability=True")
+        proba = self.calibrated_.predict_proba(np.asarray(X))
+        if list(self.calibrated_.classes_) != list(self.classes_):  # same labels, sklearn sorts both
+            raise RuntimeError("SVMHead: calibrated class order differs from the head's")
+        return proba
 
     def _fit_grid(self, X: np.ndarray, y: np.ndarray, groups) -> None:
         tunable = set(self.get_params()) - {"param_grid", "use_nystroem"}
@@ -161,7 +205,7 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         # Decided once from all training rows: inner folds (fewer rows) must fit the same model as the refit.
         use_nystroem = len(X) > self.nystroem_threshold if self.use_nystroem is None else bool(self.use_nystroem)
         search = GridSearchCV(
-            clone(self).set_params(param_grid=None, use_nystroem=use_nystroem),
+            clone(self).set_params(param_grid=None, use_nystroem=use_nystroem, probability=False),
             {k: list(v) for k, v in self.param_grid.items()},
             scoring="balanced_accuracy",
             cv=GroupKFold(n_splits=self.inner_folds, shuffle=True, random_state=self.random_state),
@@ -188,7 +232,9 @@ class SadFirstHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
 
     svm: the parameters of both stages, one `SVMHead` parameter group (e.g. {"C": 1000, "gamma": 0.1});
         unset ones keep SVMHead's defaults. `class_weight` and `random_state` apply to both stages
-        (set like every head's), overriding the group's.
+        (set like every head's), overriding the group's. With `svm={"probability": True, ...}` both
+        stages are calibrated (see SVMHead) and `predict_proba` combines them:
+        P(sad) = p1 (stage 1), P(c) = (1 - p1) * p2(c) for the other classes (stage 2).
     """
 
     def __init__(self, sad_label: str = "sad", svm: dict | None = None, class_weight: str | dict | None = None,
@@ -240,6 +286,18 @@ class SadFirstHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         return self.predict_stages(X)[1]
 
+    def predict_proba(self, X) -> np.ndarray:
+        """(N, len(classes_)): P(sad) = p1, P(c) = (1 - p1) p2(c); needs svm={"probability": True} at fit time."""
+        X = np.asarray(X)
+        p_sad = self.stage1_.predict_proba(X)[:, self.stage1_.classes_.tolist().index(1)]
+        p_rest = self.stage2_.predict_proba(X)
+        classes = self.classes_.tolist()
+        out = np.zeros((len(X), len(classes)))
+        out[:, classes.index(self.sad_label)] = p_sad
+        for j, c in enumerate(self.stage2_.classes_.tolist()):
+            out[:, classes.index(c)] = (1.0 - p_sad) * p_rest[:, j]
+        return out
+
 
 class LinearProbeHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
     """Standardised multinomial logistic regression: how linearly emotion is encoded."""
@@ -269,6 +327,9 @@ class LinearProbeHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return self.model_.predict(np.asarray(X))
+
+    def predict_proba(self, X) -> np.ndarray:
+        return self.model_.predict_proba(np.asarray(X))
 
 
 class DetectionHead(LinearProbeHead):
