@@ -1,7 +1,9 @@
 """The body of evaluate.py: get embeddings (checkpoint, backbone or .npz), then fit and score the heads.
 
 Exactly one embedding source must be named; the provenance of the embeddings (which speakers shaped
-the encoder) and the corpus report travel with them into the `.npz` and metrics.json.
+the encoder) and the corpus report travel with them into the `.npz` and metrics.json. After the
+cross-validated scoring, the heads of `eval.export.heads` are refit on every evaluated clip and saved
+with the encoder reference as a bundle for predict.py (`<run>/model/`, evaluation/head_bundle.py).
 """
 from __future__ import annotations
 
@@ -270,8 +272,93 @@ def head_kwargs_from(e: DictConfig) -> dict:
     return out
 
 
+def export_heads(cfg: DictConfig, source: str) -> list[str]:
+    """The heads to export (checked before any extraction: a typo should not cost an extraction)."""
+    e = cfg.eval
+    names = list(OmegaConf.select(cfg, "eval.export.heads", default=None) or [])
+    if len(set(names)) != len(names):
+        raise ConfigError(f"eval.export.heads lists a head twice: {names}")
+    not_evaluated = [n for n in names if n not in list(e.heads)]
+    if not_evaluated:
+        raise ConfigError(f"eval.export.heads={names}: {not_evaluated} not in eval.heads={list(e.heads)}; an exported "
+                          "head needs its cross-validated estimate: add it to eval.heads, or set eval.export.heads=[]")
+    if names and source == "npz":
+        print(f"Note: no model is exported from embeddings={cfg.embeddings}: a file of embeddings carries no encoder to "
+              "apply to new audio. Run evaluate.py with ckpt_path=... or backbone=... to export one for predict.py "
+              "(eval.export.heads=[] silences this note)")
+        return []
+    return names
+
+
+def export_features(cfg: DictConfig) -> dict | None:
+    """What the heads were fitted on, as a clip_embedding output name; None when it cannot be told."""
+    from lightning_modules.clip_embedding import CLIP_OUTPUTS
+
+    features = cfg.get("features")
+    output = "embedding" if features is None else features
+    if isinstance(output, str) and output in CLIP_OUTPUTS:
+        return {"output": output}
+    return None
+
+
+def export_model(cfg: DictConfig, source: str, names: list[str], emb_set: EmbeddingSet, results: dict,
+                 out_dir: Path) -> Path | None:
+    """Refit `names` on every evaluated clip (the deployment model) and save them with the encoder reference."""
+    from datamodules.audio_quality import QualityPolicy
+    from evaluation.balancing import balance_training
+    from evaluation.head_bundle import backbone_encoder, checkpoint_encoder, save_bundle
+    from evaluation.heads import make_head
+    from evaluation.run_heads import _with_nystroem
+
+    features = export_features(cfg)
+    if features is None:
+        print(f"Note: no model exported: features={cfg.get('features')!r} is not an output predict.py can recompute "
+              "(lightning_modules/clip_embedding.py CLIP_OUTPUTS)")
+        return None
+    e = cfg.eval
+    X, y, speakers = emb_set.embeddings, emb_set.emotion, emb_set.speaker
+    rows, class_weight = balance_training(y, e.balancing, seed=cfg.seed)
+    kwargs_by_head = head_kwargs_from(e)
+    nystroem = results.get("protocol", {}).get("nystroem", {})
+    heads, info = {}, {}
+    for name in names:
+        kwargs = _with_nystroem(name, {"random_state": cfg.seed, **kwargs_by_head.get(name, {})}, nystroem.get(name))
+        if class_weight is not None:
+            kwargs["class_weight"] = class_weight
+        if name == "svm":
+            kwargs["probability"] = True
+        elif name == "sad_first":
+            kwargs["svm"] = {**(kwargs.get("svm") or {}), "probability": True}
+        heads[name] = make_head(name, **kwargs).fit(X[rows], y[rows], groups=speakers[rows])
+        cv = results.get(name, {})
+        info[name] = {"params": kwargs, "cross_validated": {
+            **{k: cv.get(k) for k in ("ua", "ua_ci95", "wa", "wa_ci95", "macro_f1", "n_scores")},
+            "protocol": results["protocol"].get("name"), "repeats": results["protocol"].get("repeats"),
+            "evaluation": results["protocol"].get("evaluation"),
+            "metrics_file": "../metrics.json"}}
+    if source == "checkpoint":
+        encoder = checkpoint_encoder(cfg.ckpt_path)
+    else:
+        encoder = backbone_encoder(OmegaConf.to_container(cfg.backbone, resolve=True), build_embedding_module(cfg))
+    d = cfg.data
+    policy = QualityPolicy.from_config(d.get("quality"))
+    audio = {"sample_rate": int(d.sample_rate), "trim_silence": bool(d.trim_silence),
+             "normalize_loudness": bool(d.normalize_loudness), "quality": None if policy is None else policy.to_dict()}
+    features["dim"] = int(X.shape[1])
+    training = {"corpus": str(d.corpus), "root": str(d.root), "n_clips": int(len(rows)),
+                "n_evaluated_clips": len(emb_set), "n_speakers": int(len(np.unique(speakers[rows]))),
+                "counts": dict(sorted(Counter(y[rows].tolist()).items())), "balancing": e.balancing, "seed": cfg.seed}
+    classes = list(results["protocol"].get("class_order") or emb_set.classes)
+    path = save_bundle(out_dir / "model", encoder=encoder, audio=audio, features=features, classes=classes,
+                       heads=heads, head_info=info, training=training, label_field=str(e.label_field))
+    print(f"Model: heads {names} refit on all {len(rows)} evaluated clips -> {path} (apply with "
+          f"`python predict.py ckpt_path={path} inputs=<folder>`; the cross-validated figures above are its estimate)")
+    return path
+
+
 def evaluate(cfg: DictConfig) -> dict:
     source = embedding_source(cfg)  # before anything else: a missing source is the first thing to say
+    exported = export_heads(cfg, source)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     complete_config(cfg, source)
@@ -318,6 +405,8 @@ def evaluate(cfg: DictConfig) -> dict:
                                        data_report=data_report, verbose=False, **run_kwargs)
         results["comparison"] = compare_results(results, other_results, out_dir, name_a=_source_name(cfg, source),
                                                 name_b=str(e.compare_to))
+    if exported:
+        results["model"] = str(export_model(cfg, source, exported, emb_set, results, out_dir))
     if e.get("verification_analysis"):
         from evaluation.verification_analysis import run_verification_analysis
 
