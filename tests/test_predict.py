@@ -324,3 +324,89 @@ def test_npz_source_exports_no_model_and_says_so(evaluated, tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"eval.export.heads=\['svm'\]: \['svm'\] not in eval.heads"):
         evaluate(cfg)
     GlobalHydra.instance().clear()
+
+
+# ----- the SER checkpoint interface (for the coming experiment=ser_finetune) -----
+class TinySER(L.LightningModule):
+    """Stand-in for a fine-tuned SER model: meets the interface of utils/predicting.py and nothing more."""
+
+    def __init__(self, class_names: tuple[str, ...] = ("calm", "excited"), sample_rate: int = 16000):
+        super().__init__()
+        self.save_hyperparameters()
+        self.linear = torch.nn.Linear(2, len(class_names))
+
+    @staticmethod
+    def features(wavs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([torch.stack([w.pow(2).mean().clamp_min(1e-10).log10(), w.abs().max()]) for w in wavs])
+
+    def predict_proba(self, wavs: list[torch.Tensor]) -> torch.Tensor:
+        return self.linear(self.features(wavs).to(self.linear.weight.device)).softmax(dim=-1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.linear(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+def test_ser_checkpoint_with_class_names_and_predict_proba_is_applied_directly(tmp_path, capsys):
+    from datamodules.audio import load_audio
+
+    x = torch.randn(32, 2)
+    data = torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long())
+    model = TinySER()
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=8))
+    ckpt = tmp_path / "ser.ckpt"
+    trainer.save_checkpoint(ckpt)
+    state = torch.load(ckpt, weights_only=True)
+    state["datamodule_hyper_parameters"] = {"trim_silence": False, "normalize_loudness": True}  # as training records it
+    torch.save(state, ckpt)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for k, amplitude in enumerate((0.02, 0.1, 0.5)):
+        sf.write(str(clips / f"c{k}.wav"), _noise(1.0, amplitude=amplitude, seed=k), 16000, subtype="PCM_16")
+    sf.write(str(clips / "silent.wav"), np.zeros(8000, dtype="float32"), 16000, subtype="PCM_16")
+    csv_path, summary = _predict(tmp_path / "run", f"ckpt_path={ckpt}", f"inputs={clips}")
+    rows = _rows(csv_path)
+    assert list(next(iter(rows.values()))) == ["path", "status", "predicted", "p_calm", "p_excited", "flags", "detail"]
+    assert rows["silent.wav"]["status"] == "digital_silence"
+    model.eval()
+    for k in range(3):
+        wav = load_audio(clips / f"c{k}.wav", 16000, normalize_loudness=True)  # the checkpoint's pipeline: no trim
+        expected = model.predict_proba([wav])[0].detach().numpy()
+        got = [float(rows[f"c{k}.wav"][c]) for c in ("p_calm", "p_excited")]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert rows[f"c{k}.wav"]["predicted"] == ("calm", "excited")[int(expected.argmax())]
+    assert summary["model"]["kind"] == "checkpoint" and summary["model"]["classes"] == ["calm", "excited"]
+    # an embedding checkpoint has no classes: predict says how to get a model from it
+    with pytest.raises(ConfigError, match=r"no `class_names` hyper-parameter.*python evaluate.py ckpt_path="):
+        _predict(tmp_path / "run2", f"ckpt_path={_ge2e_checkpoint(tmp_path / 'emb.ckpt')}", f"inputs={clips}")
+
+
+def test_predict_config_screens_with_the_training_quality_defaults():
+    import yaml
+
+    predict_cfg = yaml.safe_load((ROOT / "configs" / "predict.yaml").read_text())
+    data_cfg = yaml.safe_load((ROOT / "configs" / "data" / "base.yaml").read_text())
+    assert predict_cfg["quality"] == data_cfg["quality"]
+
+
+def test_inputs_and_model_are_checked_before_anything_runs(tmp_path):
+    from utils.predicting import predict
+
+    (tmp_path / "empty_dir").mkdir()
+    for overrides, message in (
+        ([f"ckpt_path={tmp_path}", "inputs=/no/such/folder"], r"inputs: /no/such/folder do\(es\) not exist"),
+        ([f"ckpt_path={tmp_path}"], "predict.py needs inputs="),
+        ([f"inputs={tmp_path}"], "predict.py needs ckpt_path="),
+        ([f"ckpt_path={tmp_path / 'empty_dir'}", f"inputs={tmp_path}"], "a folder without a model bundle"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            predict(make_cfg("predict.yaml", tmp_path / "run", overrides))
+    GlobalHydra.instance().clear()
