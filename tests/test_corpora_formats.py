@@ -9,9 +9,10 @@ import soundfile as sf
 
 from datamodules.corpora.cremad import parse_cremad
 from datamodules.corpora.emodb import parse_emodb
+from datamodules.corpora.esd import parse_esd
 from datamodules.corpora.iemocap import parse_iemocap
 from datamodules.corpora.ravdess import parse_ravdess
-from tests.fixtures_corpora import build_cremad, build_iemocap, build_ravdess, write_wav
+from tests.fixtures_corpora import build_cremad, build_esd, build_iemocap, build_ravdess, write_wav
 
 
 def _to_flac(root: Path) -> int:
@@ -51,8 +52,13 @@ def _iemocap(root: Path) -> Path:
     return build_iemocap(root, {1: {"Ses01F_impro01": [("Ses01F_impro01_F000", "neu"), ("Ses01F_impro01_M001", "exc")]}})
 
 
+def _esd(root: Path) -> Path:
+    return build_esd(root, ["0001", "0011"], per_emotion=3, split_folders=True)
+
+
 @pytest.mark.parametrize("build,parse", [(_emodb, parse_emodb), (_ravdess, parse_ravdess), (_cremad, parse_cremad),
-                                         (_iemocap, parse_iemocap)], ids=["emodb", "ravdess", "cremad", "iemocap"])
+                                         (_iemocap, parse_iemocap), (_esd, parse_esd)],
+                         ids=["emodb", "ravdess", "cremad", "iemocap", "esd"])
 def test_flac_copy_parses_like_the_wav_release(tmp_path, build, parse):
     root = build(tmp_path / "corpus")
     wav_result = parse(root)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from datamodules.corpora.base import ParseResult, read_text_any, require_dir, speaker_id, to_emotion4, walk_files
+from datamodules.corpora.base import (
+    AUDIO_EXTENSIONS, ParseResult, one_per_clip, read_text_any, require_dir, speaker_id, to_emotion4, walk_files,
+)
 from datamodules.records import ClipRecord
 
 CORPUS = "esd"
@@ -63,7 +65,7 @@ def parse_esd(root: str | Path, transcripts: bool = True) -> ParseResult:
             texts = _read_transcripts(txt, result)
         for emo_dir in sorted(p for p in spk_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             emotion = EMOTIONS.get(emo_dir.name.lower())
-            for path in walk_files(emo_dir, (".wav",)):
+            for path in one_per_clip(walk_files(emo_dir, AUDIO_EXTENSIONS), result):
                 if emotion is None:
                     result.skip(path, f"unknown label '{emo_dir.name}'")
                     continue
