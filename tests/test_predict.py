@@ -311,7 +311,7 @@ def test_changed_encoder_weights_are_detected(evaluated, tmp_path):
     GlobalHydra.instance().clear()
 
 
-def test_npz_source_exports_no_model_and_says_so(evaluated, tmp_path, capsys):
+def test_sources_that_cannot_give_a_model_export_none_and_say_so(evaluated, tmp_path, capsys, synthetic_cache):
     from utils.evaluating import evaluate
 
     out, _ = evaluated
@@ -320,9 +320,15 @@ def test_npz_source_exports_no_model_and_says_so(evaluated, tmp_path, capsys):
     results = evaluate(cfg)
     assert "no model is exported from embeddings=" in capsys.readouterr().out
     assert "model" not in results and not (tmp_path / "model").exists()
-    cfg = make_cfg("evaluate.yaml", tmp_path / "b", ["backbone=ge2e", "eval.heads=[linear]", "eval.export.heads=[svm]"])
-    with pytest.raises(ConfigError, match=r"eval.export.heads=\['svm'\]: \['svm'\] not in eval.heads"):
-        evaluate(cfg)
+    # a head without its cross-validated estimate is not exported; an untrained (random) backbone cannot be
+    cfg = make_cfg("evaluate.yaml", tmp_path / "b", EVAL_CORPUS + [
+        "backbone=deeptalk", "eval.n_folds=2", "eval.repeats=1", "eval.heads=[linear]", "eval.export.heads=[svm,linear]",
+        "eval.verification_analysis=false"], synthetic_cache)
+    results = evaluate(cfg)
+    printed = capsys.readouterr().out
+    assert "['svm'] not exported, not in eval.heads=['linear']" in printed
+    assert "no model exported: backbone lightning_modules.backbones.deeptalk" in printed and "untrained" in printed
+    assert "model" not in results and not (tmp_path / "b" / "model").exists()
     GlobalHydra.instance().clear()
 
 
