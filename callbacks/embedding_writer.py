@@ -1,7 +1,9 @@
 """Collects whole-utterance embeddings from Lightning's predict loop on every rank.
 
-Each rank writes its own shard of (index, embedding) rows; `merge_rank_files` joins them and
-drops the duplicates DistributedSampler pads with, so multi-GPU extraction returns each clip once.
+Each rank writes its own shard of (index, embedding) rows and then waits for every other rank
+(a barrier), so when `trainer.predict` returns on rank 0 every rank's file is complete;
+`merge_rank_files` joins them and drops the duplicates DistributedSampler pads with, so multi-GPU
+extraction returns each clip once.
 """
 from __future__ import annotations
 
@@ -28,8 +30,11 @@ class EmbeddingWriter(BasePredictionWriter):
         else:
             emb, idx, n_padded = np.zeros((0, 0), np.float32), np.zeros(0, np.int64), 0
         path = self.out_dir / f"predictions_rank{trainer.global_rank}.npz"
-        with open(path, "wb") as f:
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
             np.savez(f, embeddings=emb, index=idx, n_padded=np.array(n_padded))
+        tmp.replace(path)
+        trainer.strategy.barrier("embedding_writer")  # rank 0 merges right after predict returns
 
 
 def merge_rank_files(out_dir: str | Path, n_items: int) -> tuple[np.ndarray, int]:

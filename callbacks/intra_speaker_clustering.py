@@ -9,9 +9,13 @@ against emotion labels) is MONITORING ONLY and runs after the labels are fixed.
 
 Under DDP every rank embeds a disjoint shard of the training clips, the shards are all-gathered,
 rank 0 runs k-means and broadcasts the labels, so all ranks hold identical pseudo-labels.
+
+The labels in use are part of the callback's checkpoint state, so a resumed run continues with the
+very labels (and therefore batches) the uninterrupted run had, instead of re-clustering.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -21,10 +25,11 @@ from typing import Any, Sequence
 import faiss
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from sklearn.metrics import normalized_mutual_info_score, silhouette_score
+
+from lightning_modules.clip_embedding import embed_records
 
 log = logging.getLogger(__name__)
 
@@ -182,44 +187,6 @@ def record_emotions(records: Sequence) -> list | None:
     return out if any(e is not None for e in out) else None
 
 
-# ----- embedding the training audio with the current encoder -----
-@torch.no_grad()
-def embed_records(pl_module: L.LightningModule, datamodule: Any, records: Sequence, batch_size: int | None = None,
-                  rank: int = 0, world_size: int = 1, all_gather=None) -> np.ndarray:
-    """Whole-utterance embeddings (N, E) of `records` in order; shards over ranks when world_size > 1."""
-    idx = np.arange(len(records))[rank::world_size]
-    shard = [records[i] for i in idx]
-    was_training = pl_module.training
-    pl_module.eval()
-    try:
-        parts, order = [], []
-        for batch in datamodule.utterance_loader(shard, batch_size):
-            wavs = [w.to(pl_module.device) for w in batch["wavs"]]
-            emb, _ = pl_module.backbone.embed_utterances(wavs)
-            parts.append(emb.float())
-            order.append(batch["index"].to(pl_module.device))
-    finally:
-        pl_module.train(was_training)
-    dim = pl_module.backbone.embedding_dim
-    local = torch.cat(parts) if parts else torch.zeros(0, dim, device=pl_module.device)
-    local_idx = torch.as_tensor(idx, device=pl_module.device)[torch.cat(order)] if order else \
-        torch.zeros(0, dtype=torch.long, device=pl_module.device)
-    if world_size == 1:
-        out = torch.empty(len(records), local.shape[1], device=local.device)
-        out[local_idx] = local
-        return out.cpu().numpy()
-    n_max = -(-len(records) // world_size)
-    pad = n_max - len(local)
-    local = torch.cat([local, local.new_zeros(pad, local.shape[1])])
-    local_idx = torch.cat([local_idx, local_idx.new_full((pad,), -1)])
-    all_emb = all_gather(local).reshape(-1, local.shape[1])
-    all_idx = all_gather(local_idx).reshape(-1)
-    valid = all_idx >= 0
-    out = torch.empty(len(records), local.shape[1], device=local.device)
-    out[all_idx[valid]] = all_emb[valid]
-    return out.cpu().numpy()
-
-
 @dataclass
 class ClusteringRound:
     epoch: int
@@ -230,6 +197,14 @@ class ClusteringRound:
     n_eligible_speakers: int
     k_per_speaker: dict = field(default_factory=dict)
     monitor: dict = field(default_factory=dict)
+
+
+def records_fingerprint(records: Sequence) -> str:
+    """Identifies a list of training clips (corpus + utterance ids, in order): labels belong to one list."""
+    h = hashlib.sha1()
+    for r in records:
+        h.update(f"{r.corpus}/{r.utt_id}\n".encode())
+    return h.hexdigest()
 
 
 class IntraSpeakerClustering(Callback):
@@ -257,28 +232,45 @@ class IntraSpeakerClustering(Callback):
         self.niter, self.nredo, self.seed, self.min_clips_per_cluster = int(niter), int(nredo), int(seed), int(min_clips_per_cluster)
         self.use_gpu, self.init, self.batch_size, self.monitor_emotions = use_gpu, init, batch_size, bool(monitor_emotions)
         self.history: list[ClusteringRound] = []
-        self._fresh = False  # labels were computed with the current weights (fit start)
+        self.labels: np.ndarray | None = None  # the pseudo-labels in use
+        self.labels_epoch: int | None = None  # the epoch they were computed for
+        self._fingerprint: str | None = None
 
     # ----- schedule -----
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        # Lightning builds the train dataloader before on_fit_start (to count steps for the LR schedule),
-        # so the first labels must exist here for the first epoch to get P x C x K batches.
+        # The first labels must exist when the train dataloader is built (its sampler and length depend on
+        # them), which Lightning does after restoring a checkpoint but before on_fit_start. Resuming, they
+        # come from the checkpoint (on_load_checkpoint); otherwise the datamodule asks for them when it
+        # builds its loader (`pseudo_label_source`), so a resumed run never clusters with initial weights.
         if stage != "fit":
             return
-        pl_module.to(trainer.strategy.root_device)
-        self.recluster(trainer, pl_module)
-        self._fresh = True
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Resuming: the checkpoint's weights are loaded only after setup(); cluster again with them.
-        if trainer.ckpt_path:
+        dm = trainer.datamodule
+        if hasattr(dm, "pseudo_label_source"):
+            dm.pseudo_label_source = lambda: self.recluster(trainer, pl_module)
+        else:
+            pl_module.to(trainer.strategy.root_device)
             self.recluster(trainer, pl_module)
-            self._fresh = True
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        state = (checkpoint.get("callbacks") or {}).get(self.state_key)
+        self.load_state_dict(state or {})
+        dm = trainer.datamodule
+        if self.labels is None:
+            log.warning("clustering: the checkpoint holds no pseudo-labels (written before they were saved); "
+                        "clustering with its weights")
+            self.recluster(trainer, pl_module)
+            return
+        fingerprint = records_fingerprint(dm.train_records)
+        if len(self.labels) != len(dm.train_records) or self._fingerprint != fingerprint:
+            raise ValueError(f"clustering: the checkpoint's {len(self.labels)} pseudo-labels belong to another set of "
+                             f"training clips than this run's {len(dm.train_records)} (data.* changed since it was "
+                             "written); resume with the same data config, or warm-start with model.init_from=<ckpt>")
+        dm.set_pseudo_labels(self.labels)
+        log.info("clustering: resumed with the checkpoint's pseudo-labels (computed before epoch %s)", self.labels_epoch)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if self._fresh:
-            self._fresh = False
+        if self.labels_epoch == epoch:  # computed for this epoch already (fit start, or restored mid-epoch)
             return
         if self.every_n_epochs and epoch > 0 and epoch % self.every_n_epochs == 0:
             # The epoch's batch plan is drawn when its iterator starts, after this hook.
@@ -322,6 +314,8 @@ class IntraSpeakerClustering(Callback):
                              f"data.n_clusters_per_speaker={n_sub} clusters, but batches need data.n_speakers="
                              f"{n_per_batch}; lower one of them or raise callbacks.intra_speaker_clustering.n_clusters")
         dm.set_pseudo_labels(labels)
+        self.labels, self.labels_epoch = np.asarray(labels, dtype=np.int64), int(trainer.current_epoch)
+        self._fingerprint = records_fingerprint(records)
         rnd = ClusteringRound(epoch=trainer.current_epoch, seconds=t_total, embed_seconds=t_embed,
                               kmeans_seconds=t_total - t_embed, mean_k=float(np.mean(ks)), n_eligible_speakers=eligible,
                               k_per_speaker={s: v["k"] for s, v in info.items()})
@@ -348,10 +342,16 @@ class IntraSpeakerClustering(Callback):
         log.info("clustering before epoch %d: mean k %.2f, %d speakers eligible, %.2fs (embed %.2fs, k-means %.2fs)%s",
                  rnd.epoch, rnd.mean_k, rnd.n_eligible_speakers, rnd.seconds, rnd.embed_seconds, rnd.kmeans_seconds, mon)
 
-    # ----- checkpoint: keep the schedule's record (labels are recomputed at fit start anyway) -----
+    # ----- checkpoint: the labels in use and the schedule's record -----
     def state_dict(self) -> dict:
         # Plain Python types only: checkpoints are read back with torch.load(weights_only=True).
-        return {"rounds": [json.loads(json.dumps(r.__dict__, default=float)) for r in self.history]}
+        return {"rounds": [json.loads(json.dumps(r.__dict__, default=float)) for r in self.history],
+                "labels": None if self.labels is None else [int(x) for x in self.labels],
+                "labels_epoch": self.labels_epoch, "records_fingerprint": self._fingerprint}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = [ClusteringRound(**r) for r in state_dict.get("rounds", [])]
+        labels = state_dict.get("labels")
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.labels_epoch = state_dict.get("labels_epoch")
+        self._fingerprint = state_dict.get("records_fingerprint")

@@ -13,9 +13,14 @@ from datamodules.records import ClipRecord
 class CropDataset(Dataset):
     """Fixed-length crops (random when training) with integer labels for the sampler's groups.
 
-    Items are addressed by `index` or by `(index, item_seed)` (what `PKBatchSampler` yields): with a
-    seed, the random crop and the augmentation draw from a generator seeded with it, so a clip's crop
-    depends only on the sampler's plan, not on workers or the global RNG (exact resume).
+    Items are addressed by `index`, `(index, item_seed)` or `(index, item_seed, cluster)` (what
+    `PKBatchSampler` yields): with a seed, the random crop and the augmentation draw from a generator
+    seeded with it, so a clip's crop depends only on the sampler's plan, not on workers or the global
+    RNG (exact resume); a cluster (the clip's intra-speaker pseudo-label) is passed through as
+    `cluster`, so objectives read it from the batch, never from a datamodule a worker copied earlier.
+
+    Each item: `wav`, `label` (the speaker class a classifier learns: a speed-perturbed copy is a new
+    class), `speaker` (the clip's own speaker index, whatever the augmentation), `index`, `path`.
     """
 
     def __init__(self, records: Sequence[ClipRecord], labels: Sequence[int], sample_rate: int, crop_seconds: float,
@@ -35,14 +40,17 @@ class CropDataset(Dataset):
         wav = load_audio(self.records[i].path, self.sample_rate, normalize_loudness=self.normalize_loudness)
         return trim_silence(wav, self.sample_rate) if self.trim else wav
 
-    def __getitem__(self, item: int | tuple[int, int]) -> dict:
-        i, seed = item if isinstance(item, tuple) else (item, None)
-        return self.transform_loaded(i, self.load(i), seed)
+    def __getitem__(self, item: int | tuple) -> dict:
+        i, seed, cluster = (tuple(item) + (None, None))[:3] if isinstance(item, tuple) else (item, None, None)
+        out = self.transform_loaded(i, self.load(i), seed)
+        if cluster is not None:
+            out["cluster"] = int(cluster)
+        return out
 
     def transform_loaded(self, i: int, wav: torch.Tensor, seed: int | None = None) -> dict:
         """Augment, crop and label an already decoded clip (also used on audio streamed from shards)."""
         generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        label = self.labels[i]
+        speaker = label = self.labels[i]
         if self.augment is not None:
             out = self.augment(wav, generator)
             if isinstance(out, tuple):  # speed perturbation: a sped-up copy is a new speaker (WeSpeaker)
@@ -51,14 +59,24 @@ class CropDataset(Dataset):
             else:
                 wav = out
         wav = crop_or_pad(wav, self.crop, generator=generator, random=self.random_crop)
-        return {"wav": wav, "label": label, "index": i}
+        return {"wav": wav, "label": label, "speaker": speaker, "index": i, "path": self.records[i].path}
 
 
 class UtteranceDataset(Dataset):
-    """Whole utterances (variable length) for validation, prediction and clustering."""
+    """Whole utterances (variable length) for validation, prediction and clustering.
 
-    def __init__(self, records: Sequence[ClipRecord], sample_rate: int, trim: bool = True, normalize_loudness: bool = False):
+    speaker_ids / emotion_ids: per-record integers carried in every item (validation batches: the
+    EER and the emotion probe read them from the batch); emotion id -1 = no label.
+    """
+
+    def __init__(self, records: Sequence[ClipRecord], sample_rate: int, trim: bool = True, normalize_loudness: bool = False,
+                 speaker_ids: Sequence[int] | None = None, emotion_ids: Sequence[int] | None = None):
         self.records, self.sample_rate, self.trim, self.normalize_loudness = list(records), sample_rate, trim, normalize_loudness
+        for name, ids in (("speaker_ids", speaker_ids), ("emotion_ids", emotion_ids)):
+            if ids is not None and len(ids) != len(self.records):
+                raise ValueError(f"UtteranceDataset: {len(ids)} {name} for {len(self.records)} records")
+        self.speaker_ids = None if speaker_ids is None else [int(x) for x in speaker_ids]
+        self.emotion_ids = None if emotion_ids is None else [int(x) for x in emotion_ids]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -67,9 +85,18 @@ class UtteranceDataset(Dataset):
         wav = load_audio(self.records[i].path, self.sample_rate, normalize_loudness=self.normalize_loudness)
         if self.trim:
             wav = trim_silence(wav, self.sample_rate)
-        return {"wav": wav, "index": i}
+        item = {"wav": wav, "index": i}
+        if self.speaker_ids is not None:
+            item["speaker"] = self.speaker_ids[i]
+        if self.emotion_ids is not None:
+            item["emotion"] = self.emotion_ids[i]
+        return item
 
 
 def collate_utterances(items: list[dict]) -> dict:
-    """Keep variable-length waveforms as a list; the backbone windows them."""
-    return {"wavs": [it["wav"] for it in items], "index": torch.tensor([it["index"] for it in items])}
+    """Keep variable-length waveforms as a list (the backbone windows them); integer fields become tensors."""
+    batch = {"wavs": [it["wav"] for it in items], "index": torch.tensor([it["index"] for it in items])}
+    for key in ("speaker", "emotion"):
+        if items and key in items[0]:
+            batch[key] = torch.tensor([it[key] for it in items])
+    return batch

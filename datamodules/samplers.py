@@ -6,9 +6,14 @@ so every anchor has a positive (same cluster) and same-speaker negatives (the sp
 clusters). Under DDP every rank draws from the same seeded epoch plan and takes every
 world_size-th batch, so ranks get disjoint batches and the same number of them.
 
-Each batch item is an `(index, item_seed)` pair: the seed is a function of (seed, epoch, batch,
-position) only, so random crops and augmentation do not depend on worker scheduling or on the
-global RNG, and a resumed run draws exactly the crops the uninterrupted run would have drawn.
+Each batch item is an `(index, item_seed)` pair, or `(index, item_seed, cluster)` once subgroups are
+set (the objective reads a clip's pseudo-label from its batch). The seed is a function of (seed,
+epoch, batch, position) only, so random crops and augmentation do not depend on worker scheduling
+or on the global RNG, and a resumed run draws exactly the crops the uninterrupted run would have drawn.
+
+Groups that cannot fill their part of a batch (fewer than 2 items; with subgroups, fewer than C
+subgroups) are never sampled: they are counted (`excluded_groups`, `n_excluded_items`) and logged
+once per distinct set, never dropped silently.
 
 Lightning calls `set_epoch` on `dataloader.sampler` and `dataloader.batch_sampler.sampler`, never on
 a batch sampler itself; `PKBatchSampler.sampler` is therefore a relay whose `set_epoch` reaches
@@ -16,6 +21,7 @@ the batch sampler, so every epoch gets its own plan under Lightning's loop.
 """
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Iterator, Sequence
 
@@ -23,6 +29,7 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+log = logging.getLogger(__name__)
 
 def _dist_rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -72,11 +79,17 @@ class _EpochRelay(Sampler[int]):
         return len(self._owner) * self._owner.batch_size
 
 
-class PKBatchSampler(Sampler[list[tuple[int, int]]]):
+class PKBatchSampler(Sampler[list[tuple[int, ...]]]):
+    """groups: per-item group (speaker) labels; subgroups: per-item pseudo-labels (or None for P x K).
+    group_names: optional names of the group labels (e.g. speaker ids) for the excluded-groups report.
+    """
+
     def __init__(self, groups: Sequence, n_groups: int, n_per_group: int, subgroups: Sequence | None = None,
                  n_subgroups: int = 2, batches_per_epoch: int | None = None, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, group_names: Sequence[str] | None = None):
         self.groups = np.asarray(groups)
+        self.group_names = None if group_names is None else list(group_names)
+        self._reported: tuple | None = None
         if len(self.groups) == 0:
             raise ValueError("PKBatchSampler: no items to sample from")
         self.subgroups = None if subgroups is None else np.asarray(subgroups)
@@ -86,11 +99,6 @@ class PKBatchSampler(Sampler[list[tuple[int, int]]]):
         self.seed, self.epoch = int(seed), 0
         self._rank, self._world = rank, world_size
         self._index()
-        n_eligible = len(self.eligible)
-        if n_eligible < self.n_groups:
-            need = (f"at least {self.n_subgroups} subgroups (clusters) each" if self.subgroups is not None else "at least 2 items each")
-            raise ValueError(f"PKBatchSampler: batch asks for {self.n_groups} groups (speakers) but only {n_eligible} "
-                             f"have {need}; lower n_groups (data.batch.n_speakers) or use more data")
         self._batches_per_epoch = batches_per_epoch
         self.sampler = _EpochRelay(self)
 
@@ -109,14 +117,43 @@ class PKBatchSampler(Sampler[list[tuple[int, int]]]):
                 subs_of[g].append(s)
             self.subs_of = {g: sorted(v) for g, v in subs_of.items()}
             self.eligible = sorted(g for g, v in self.subs_of.items() if len(v) >= self.n_subgroups)
+        eligible = set(self.eligible)
+        self.excluded_groups = sorted(g for g in self.by_group if g not in eligible)
+        self.n_excluded_items = sum(len(self.by_group[g]) for g in self.excluded_groups)
+        need = (f"at least {self.n_subgroups} subgroups (clusters) each" if self.subgroups is not None
+                else "at least 2 items each")
+        if len(self.eligible) < self.n_groups:
+            raise ValueError(f"PKBatchSampler: batch asks for {self.n_groups} groups (speakers) but only "
+                             f"{len(self.eligible)} have {need}; lower n_groups (data.n_speakers) or use more data")
+        self._report_excluded(need)
+
+    def _name(self, g) -> str:
+        return str(self.group_names[int(g)]) if self.group_names is not None else str(g)
+
+    def _report_excluded(self, need: str) -> None:
+        key = (tuple(self.excluded_groups), self.subgroups is None)
+        if not self.excluded_groups or key == self._reported:
+            return
+        self._reported = key
+        if self._rank_world()[0] != 0:
+            return
+        names = [self._name(g) for g in self.excluded_groups]
+        log.warning("sampler: %d of %d speakers (%d of %d clips) are never sampled: a batch needs %s; e.g. %s",
+                    len(names), len(self.by_group), self.n_excluded_items, len(self.groups), need,
+                    ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
 
     def set_subgroups(self, subgroups: Sequence) -> None:
         """Swap in new pseudo-labels (e.g. after re-clustering) without rebuilding the dataloader."""
         sub = np.asarray(subgroups)
         if len(sub) != len(self.groups):
             raise ValueError(f"set_subgroups: {len(sub)} labels for {len(self.groups)} items")
-        self.subgroups = sub
-        self._index()
+        old, self.subgroups = self.subgroups, sub
+        try:
+            self._index()
+        except ValueError:
+            self.subgroups = old
+            self._index()
+            raise
 
     @property
     def batch_size(self) -> int:
@@ -168,11 +205,15 @@ class PKBatchSampler(Sampler[list[tuple[int, int]]]):
         rank, world = self._rank_world()
         return self.epoch_plan()[rank::world]
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
         rank, world = self._rank_world()
+        sub = self.subgroups
         for b, batch in enumerate(self.epoch_plan()):
             if b % world == rank:
-                yield [(i, item_seed(self.seed, self.epoch, b, j)) for j, i in enumerate(batch)]
+                if sub is None:
+                    yield [(i, item_seed(self.seed, self.epoch, b, j)) for j, i in enumerate(batch)]
+                else:
+                    yield [(i, item_seed(self.seed, self.epoch, b, j), int(sub[i])) for j, i in enumerate(batch)]
 
     def __len__(self) -> int:
         return self.batches_per_epoch

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 import numpy as np
 import soundfile as sf
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.audio import AudioDecodeError, audio_info, load_audio, resample, resolve_audio_path
 from datamodules.audio_quality import ClipQuality, QualityPolicy, QualityTally, assess_clip
@@ -164,10 +164,9 @@ class ShardDataset(IterableDataset):
     every clip is checked as the manifest probe checks it; skipped and kept-but-flagged clips are counted
     (`quality_counts`, this process's last pass) and reported in a warning at the end of each pass.
 
-    Call `set_epoch(epoch)` before each epoch's iterator is created (e.g. in the datamodule's
-    `train_dataloader` with `reload_dataloaders_every_n_epochs=1`, or from a callback with
-    `persistent_workers=False`): DataLoader workers copy the dataset when the iterator starts,
-    so with persistent workers a later `set_epoch` does not reach them.
+    Call `set_epoch(epoch)` before each epoch's iterator is created (`ShardLoader` does it at every
+    `iter()`). The epoch lives in shared memory, so it also reaches DataLoader workers that copied the
+    dataset earlier (persistent workers).
     """
 
     def __init__(self, shards: str | Path | Sequence[str | Path], sample_rate: int = 16000, shuffle: bool = False,
@@ -193,12 +192,16 @@ class ShardDataset(IterableDataset):
             raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
         self.sample_rate, self.shuffle, self.shuffle_buffer, self.seed = sample_rate, shuffle, shuffle_buffer, seed
         self.rank, self.world_size, self.partition, self.transform = rank, world_size, partition, transform
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
         self.quality = QualityPolicy.from_config(quality)
         self.quality_counts: dict[str, int] = {}
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(int(epoch))
 
     def _consumer(self) -> tuple[int, int]:
         """(this consumer's index, number of consumers) over ranks x DataLoader workers."""
@@ -282,3 +285,21 @@ class ShardDataset(IterableDataset):
             report = tally.report(f"ShardDataset consumer {consumer}")
             if report:
                 warnings.warn(report, stacklevel=2)
+
+
+class ShardLoader(DataLoader):
+    """A DataLoader over a ShardDataset that sets the dataset's epoch whenever an epoch's iterator starts.
+
+    Lightning calls `set_epoch` only on a loader's samplers, which a DataLoader over an IterableDataset
+    does not let us supply; `epoch_of` (e.g. the trainer's current epoch) is read at every `iter()`
+    instead, so the shard order changes every epoch without rebuilding the loader.
+    """
+
+    def __init__(self, dataset: ShardDataset, *args, epoch_of: Optional[Callable[[], int]] = None, **kwargs):
+        super().__init__(dataset, *args, **kwargs)
+        self.epoch_of = epoch_of
+
+    def __iter__(self):
+        if self.epoch_of is not None:
+            self.dataset.set_epoch(int(self.epoch_of()))
+        return super().__iter__()

@@ -2,13 +2,16 @@
 
 prepare_data (one process) builds and caches the manifest; setup (every rank) reads it, holds out
 speakers for validation and maps speakers to integer labels. Training batches come from
-`PKBatchSampler` (P speakers x K clips, or P x C clusters x K once pseudo-labels are set).
+`PKBatchSampler` (P speakers x K clips, or P x C clusters x K once pseudo-labels are set, each clip's
+cluster carried in the batch). Validation batches carry each clip's speaker and emotion label ids
+(`data.val_label_field`), which the validation EER and emotion probe read; only validation
+speakers' labels are ever put in a batch.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import numpy as np
@@ -16,8 +19,8 @@ from torch.utils.data import DataLoader
 
 from datamodules.audio import trim_silence
 from datamodules.datasets import CropDataset, UtteranceDataset, collate_utterances
-from datamodules.records import ClipRecord
-from datamodules.samplers import PKBatchSampler
+from datamodules.records import FOUR_CLASSES, ClipRecord
+from datamodules.samplers import PKBatchSampler, item_seed
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class SpeakerDataModule(L.LightningDataModule):
                  train_splits: Sequence[str] | None = None, trim_silence: bool = True, normalize_loudness: bool = False,
                  augment: Any = None, num_workers: int = 0, seed: int = 0, speakers: Sequence[str] | None = None,
                  format: str = "files", shards_dir: str | None = None, clips_per_shard: int = 1000,
-                 shuffle_buffer: int = 2000, quality: dict | None = None):
+                 shuffle_buffer: int = 2000, quality: dict | None = None, val_label_field: str | None = "emotion4"):
         super().__init__()
         self.save_hyperparameters(ignore=["augment"])
         self.augment = augment
@@ -71,9 +74,15 @@ class SpeakerDataModule(L.LightningDataModule):
             raise ValueError(f"data.format={format!r}: expected 'files' or 'shards'")
         if format == "shards" and not shards_dir:
             raise ValueError("data.format=shards needs data.shards_dir (where the tar shards are written once and read)")
+        if val_label_field is not None and val_label_field not in ClipRecord.__dataclass_fields__:
+            raise ValueError(f"data.val_label_field={val_label_field!r} is not a record field: use emotion4 (the 4-class "
+                             f"set), emotion (the corpus's own labels) or null (no emotion probe)")
         self.train_records: list[ClipRecord] = []
         self.val_records: list[ClipRecord] = []
         self.pseudo_labels: np.ndarray | None = None
+        # Called (by train_dataloader) when the first pseudo-labels are needed and none are set yet: the
+        # clustering callback installs it, so they are computed as late as possible (after a resume's restore).
+        self.pseudo_label_source: Callable[[], Any] | None = None
         self._train_sampler: PKBatchSampler | None = None
 
     # ----- data preparation -----
@@ -113,8 +122,21 @@ class SpeakerDataModule(L.LightningDataModule):
         self.speakers = sorted({r.speaker for r in self.train_records})
         self.speaker_index = {s: i for i, s in enumerate(self.speakers)}
         self.train_labels = np.array([self.speaker_index[r.speaker] for r in self.train_records])
+        self.val_speakers = sorted(val_spk)
+        field = h.val_label_field
+        values = [getattr(r, field) for r in self.val_records] if field else []
+        self.val_label_names = list(FOUR_CLASSES) if field == "emotion4" else sorted({v for v in values if v is not None})
+        label_id = {name: i for i, name in enumerate(self.val_label_names)}
+        self.val_emotion_ids = np.array([label_id.get(v, -1) for v in values] if field else [-1] * len(self.val_records))
         log.info("data: %d train clips from %d speakers, %d validation clips from %d held-out speakers",
                  len(self.train_records), len(self.speakers), len(self.val_records), len(val_spk))
+
+    def seen_speakers(self) -> dict:
+        """Speakers (corpus-qualified ids) whose audio or labels a fit on this datamodule learns from
+        (training + validation speakers), and `{corpus: root}`: what checkpoints record as provenance."""
+        h = self.hparams
+        return {"speakers": sorted({r.speaker for r in self.train_records + self.val_records}),
+                "corpora": {str(h.corpus): str(Path(h.root).resolve())}}
 
     @property
     def num_speakers(self) -> int:
@@ -128,7 +150,7 @@ class SpeakerDataModule(L.LightningDataModule):
         if len(clusters) != len(self.train_records):
             raise ValueError(f"set_pseudo_labels: {len(clusters)} labels for {len(self.train_records)} training clips")
         self.pseudo_labels = clusters
-        if self._train_sampler is not None and self._train_sampler.subgroups is not None:
+        if self._train_sampler is not None:
             self._train_sampler.set_subgroups(clusters)
 
     # ----- loaders -----
@@ -146,42 +168,66 @@ class SpeakerDataModule(L.LightningDataModule):
         h = self.hparams
         if h.format == "shards":
             return self._shard_dataloader()
+        if self.pseudo_labels is None and self.pseudo_label_source is not None:
+            self.pseudo_label_source()
         self._train_sampler = PKBatchSampler(
             self.train_labels, n_groups=h.n_speakers, n_per_group=h.n_per_speaker,
             subgroups=self.pseudo_labels, n_subgroups=h.n_clusters_per_speaker,
-            batches_per_epoch=h.batches_per_epoch, seed=h.seed)
+            batches_per_epoch=h.batches_per_epoch, seed=h.seed, group_names=self.speakers)
         return DataLoader(self.train_dataset(), batch_sampler=self._train_sampler, **self._loader_kwargs())
 
     def _shard_dataloader(self) -> DataLoader:
         """Streaming tar shards (WeSpeaker style): shuffled batches of P*K crops instead of P x K sampling.
 
         Under DDP, write at least world_size x num_workers shards of equal size and cap steps per epoch
-        (trainer.limit_train_batches) so that every rank runs the same number of steps.
+        (trainer.limit_train_batches) so that every rank runs the same number of steps. The shard order
+        and the crops follow (data.seed, trainer epoch): a new order every epoch, the same in every rerun.
         """
-        from datamodules.shards import ShardDataset
+        from datamodules.shards import ShardDataset, ShardLoader
 
         h = self.hparams
         crop = self.train_dataset()  # reuse its crop/augment/label logic on streamed audio
-        index = {r.utt_id: i for i, r in enumerate(self.train_records)}
-
-        def transform(record: ClipRecord, wav):
-            if h.trim_silence:
-                wav = trim_silence(wav, h.sample_rate)
-            return crop.transform_loaded(index[record.utt_id], wav)
-
+        transform = ShardCrops(crop, self.train_records, h.sample_rate, h.trim_silence, h.seed)
         ds = ShardDataset(h.shards_dir, sample_rate=h.sample_rate, shuffle=True, shuffle_buffer=h.shuffle_buffer,
                           seed=h.seed, transform=transform, quality=h.quality)
-        ds.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
-        return DataLoader(ds, batch_size=h.n_speakers * h.n_per_speaker, drop_last=True, **self._loader_kwargs())
+        transform.dataset = ds
+        return ShardLoader(ds, epoch_of=self._current_epoch, batch_size=h.n_speakers * h.n_per_speaker,
+                           drop_last=True, **self._loader_kwargs())
 
-    def utterance_loader(self, records: Sequence[ClipRecord], batch_size: int | None = None) -> DataLoader:
+    def _current_epoch(self) -> int:
+        return int(self.trainer.current_epoch) if self.trainer is not None else 0
+
+    def utterance_loader(self, records: Sequence[ClipRecord], batch_size: int | None = None,
+                         speaker_ids: Sequence[int] | None = None, emotion_ids: Sequence[int] | None = None) -> DataLoader:
         h = self.hparams
-        ds = UtteranceDataset(records, h.sample_rate, trim=h.trim_silence, normalize_loudness=h.normalize_loudness)
+        ds = UtteranceDataset(records, h.sample_rate, trim=h.trim_silence, normalize_loudness=h.normalize_loudness,
+                              speaker_ids=speaker_ids, emotion_ids=emotion_ids)
         return DataLoader(ds, batch_size=batch_size or h.val_batch_size, shuffle=False, collate_fn=collate_utterances,
                           **self._loader_kwargs())
 
     def val_dataloader(self):
-        return self.utterance_loader(self.val_records) if self.val_records else []
+        if not self.val_records:
+            return []
+        speaker_id = {s: i for i, s in enumerate(self.val_speakers)}
+        return self.utterance_loader(self.val_records, speaker_ids=[speaker_id[r.speaker] for r in self.val_records],
+                                     emotion_ids=self.val_emotion_ids)
 
     def predict_dataloader(self) -> DataLoader:
         return self.utterance_loader(self.train_records + self.val_records)
+
+
+class ShardCrops:
+    """Transform of streamed shard clips: trim, then the training crop/augment/label, seeded per
+    (data.seed, epoch, clip) so crops do not depend on workers. Picklable (worker processes)."""
+
+    def __init__(self, crop: CropDataset, records: Sequence[ClipRecord], sample_rate: int, trim: bool, seed: int):
+        self.crop, self.sample_rate, self.trim, self.seed = crop, sample_rate, trim, int(seed)
+        self.index = {r.utt_id: i for i, r in enumerate(records)}
+        self.dataset: Any = None  # the ShardDataset, for its current epoch
+
+    def __call__(self, record: ClipRecord, wav):
+        i = self.index[record.utt_id]
+        if self.trim:
+            wav = trim_silence(wav, self.sample_rate)
+        epoch = self.dataset.epoch if self.dataset is not None else 0
+        return self.crop.transform_loaded(i, wav, seed=item_seed(self.seed, epoch, i, 0))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses
@@ -113,16 +112,6 @@ class ClusterContrastiveModule(EmbeddingModule):
         if freeze:
             freeze_backbone_parameters(self.backbone, list(freeze))
 
-    # ----- pseudo-labels of the clips in a batch -----
-    def cluster_ids(self, index: Tensor) -> Tensor:
-        dm = getattr(self.trainer, "datamodule", None)
-        labels = getattr(dm, "pseudo_labels", None)
-        if labels is None:
-            raise RuntimeError(f"{type(self).__name__} needs intra-speaker pseudo-labels: add the clustering callback "
-                               "(callbacks=clustering, i.e. callbacks.intra_speaker_clustering) so they exist before "
-                               "the first batch")
-        return torch.as_tensor(np.asarray(labels)[index.cpu().numpy()], device=index.device)
-
     # ----- cross-rank gathering with the local slice differentiable -----
     def gather_for_loss(self, x: Tensor) -> Tensor:
         if not self.hparams.gather_distributed or self.trainer.world_size == 1:
@@ -131,15 +120,24 @@ class ClusterContrastiveModule(EmbeddingModule):
         r = self.trainer.global_rank
         return torch.cat([everything[:r], x.unsqueeze(0), everything[r + 1:]]).flatten(0, 1)
 
-    def views(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
-        """(waveforms, speaker labels, cluster ids) of the batch, doubled with two crops per clip."""
-        wav, speakers = batch["wav"], batch["label"]
-        clusters = self.cluster_ids(batch["index"])
+    def views(self, batch: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(waveforms, speakers, speaker classes, cluster ids) of the batch, doubled with two crops per clip.
+
+        Pairs are built on `speakers`, each clip's ORIGINAL speaker: the clusters are that speaker's, so a
+        speed-perturbed copy stays in its own speaker's pairs. `speaker classes` (batch "label") are
+        what a speaker classifier learns, where a sped-up copy is a new class (WeSpeaker)."""
+        if "cluster" not in batch:
+            raise RuntimeError(f"{type(self).__name__} needs intra-speaker pseudo-labels in its batches: add the "
+                               "clustering callback (callbacks=clustering, i.e. callbacks.intra_speaker_clustering), "
+                               "whose labels the P x C x K sampler puts in every batch")
+        wav, clusters = batch["wav"], batch["cluster"]
+        classes = batch["label"]
+        speakers = batch["speaker"]
         if self.hparams.two_crops:
             v1, v2 = random_subcrops(wav, self.hparams.crop_fraction)
             wav = torch.cat([v1, v2])
-            speakers, clusters = speakers.repeat(2), clusters.repeat(2)
-        return wav, speakers, clusters
+            speakers, classes, clusters = speakers.repeat(2), classes.repeat(2), clusters.repeat(2)
+        return wav, speakers, classes, clusters
 
     def contrastive_term(self, emb: Tensor, speakers: Tensor, clusters: Tensor) -> Tensor:
         z = self.projector(emb) if self.projector is not None else emb
@@ -158,7 +156,7 @@ class ClusterContrastiveModule(EmbeddingModule):
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        wav, speakers, clusters = self.views(batch)
+        wav, speakers, _, clusters = self.views(batch)
         emb = self.backbone.embed(wav).float()
         loss = self.contrastive_term(emb, speakers, clusters)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(speakers))

@@ -1,4 +1,4 @@
-"""Shared bits of the benchmark scripts: machine description and composing train configs."""
+"""Shared bits of the benchmark scripts: the machine description (configs: `utils.compose`)."""
 from __future__ import annotations
 
 import os
@@ -23,19 +23,3 @@ def machine_description() -> str:
     return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, Python {platform.python_version()}, "
             f"load average {load}")
 
-
-def compose_train_cfg(overrides: list[str], output_dir: str):
-    """A train.yaml config as train.py would build it, outside a Hydra run."""
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = output_dir
-        cfg.hydra.runtime.output_dir = output_dir
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    return cfg

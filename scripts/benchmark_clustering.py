@@ -33,8 +33,9 @@ from omegaconf import open_dict  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
-from callbacks.intra_speaker_clustering import IntraSpeakerClustering, cluster_speakers, embed_records  # noqa: E402
-from cluster_analysis import compose_train_config  # noqa: E402
+from callbacks.intra_speaker_clustering import IntraSpeakerClustering, cluster_speakers  # noqa: E402
+from lightning_modules.clip_embedding import embed_records  # noqa: E402
+from utils.compose import compose_config  # noqa: E402
 
 
 class EpochTimer(L.Callback):
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ----- part 1: clustering rounds vs training epochs in a real run -----
     from utils.training import train
 
-    cfg = compose_train_config(overrides, out / "run")
+    cfg = compose_config("train.yaml", overrides, out / "run")
     with open_dict(cfg):
         cfg.callbacks.pop("progress_bar", None)
         cfg.trainer.enable_progress_bar = False

@@ -39,6 +39,7 @@ from lightning_modules.backbones import (
     GE2EBackbone,
     flops_per_second_of_audio,
 )
+from lightning_modules.clip_embedding import embed_clips
 
 EMODB = ROOT.parent / "shared" / "corpora" / "emodb" / "wav"
 
@@ -106,7 +107,7 @@ def synthetic_clips(n: int, sample_rate: int, seed: int = 0) -> list[torch.Tenso
 
 def embed_dataset(model: torch.nn.Module, clips: list[torch.Tensor], batch_size: int, bf16: bool) -> torch.Tensor:
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        return torch.cat([model.embed_utterances(clips[i : i + batch_size])[0] for i in range(0, len(clips), batch_size)])
+        return torch.cat([embed_clips(model, clips[i : i + batch_size]).values for i in range(0, len(clips), batch_size)])
 
 
 def bench_deeptalk(files: list[Path], rates: list[int], threads: list[int], precisions: list[str], repeats: int,
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--deeptalk-rates", type=int, nargs="+", default=[16000, 8000])
     ap.add_argument("--repeats", type=int, default=2, help="timed passes per configuration; the best is kept")
     ap.add_argument("--max-files", type=int, default=0, help="time on the first N EmoDB files (0: all 535); the GE2E cosine check always uses all")
-    ap.add_argument("--batch-size", type=int, default=64, help="clips per embed_utterances call")
+    ap.add_argument("--batch-size", type=int, default=64, help="clips per embed_clips call")
     ap.add_argument("--synthetic-clips", type=int, default=200, help="clips to synthesise when EmoDB is absent")
     ap.add_argument("--skip-ge2e", action="store_true")
     ap.add_argument("--skip-deeptalk", action="store_true")

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-from scripts._bench_common import compose_train_cfg, machine_description  # noqa: E402
+from scripts._bench_common import machine_description  # noqa: E402
+from utils.compose import compose_config  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -69,7 +70,7 @@ def main() -> None:
         extra = [f"data.num_workers={args.workers}", f"data.format={fmt}"]
         if fmt == "shards":
             extra += [f"data.shards_dir={tmp}/shards", "data.clips_per_shard=64"]
-        cfg = compose_train_cfg(overrides + extra, tmp)
+        cfg = compose_config("train.yaml", overrides + extra, tmp)
         dm = instantiate(cfg.data, _convert_="all")
         dm.prepare_data()
         dm.setup("fit")
@@ -82,7 +83,7 @@ def main() -> None:
     from scripts.benchmark_training import time_steps
     from utils.training import build_model
 
-    cfg = compose_train_cfg(overrides + ["data.num_workers=0"], tmp)
+    cfg = compose_config("train.yaml", overrides + ["data.num_workers=0"], tmp)
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup("fit")

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-from scripts._bench_common import compose_train_cfg, machine_description  # noqa: E402
+from scripts._bench_common import machine_description  # noqa: E402
+from utils.compose import compose_config  # noqa: E402
 from utils.training import build_model  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def main() -> None:
     args, overrides = ap.parse_known_args()
     torch.set_num_threads(args.threads)
     overrides = overrides or ["experiment=triplet_speaker"]
-    cfg = compose_train_cfg(overrides, tempfile.mkdtemp())
+    cfg = compose_config("train.yaml", overrides, tempfile.mkdtemp())
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup("fit")

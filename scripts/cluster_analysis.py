@@ -29,28 +29,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import normalized_mutual_info_score  # noqa: E402
 
-from callbacks.intra_speaker_clustering import cluster_speakers, embed_records  # noqa: E402
+from callbacks.intra_speaker_clustering import cluster_speakers  # noqa: E402
+from lightning_modules.clip_embedding import embed_records  # noqa: E402
 from datamodules.records import FOUR_CLASSES  # noqa: E402
+from utils.compose import compose_config  # noqa: E402
 
 log = logging.getLogger("cluster_analysis")
-
-
-def compose_train_config(overrides: list[str], output_dir: str | Path):
-    """configs/train.yaml with Hydra overrides, usable outside @hydra.main (paths resolved)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    return cfg
 
 
 def build_datamodule(cfg):
@@ -188,11 +172,11 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
 
     overrides = list(args.overrides) + ["data.val_speakers=0"]
-    probe = compose_train_config(overrides, ROOT / "logs" / "cluster_analysis")
+    probe = compose_config("train.yaml", overrides, ROOT / "logs" / "cluster_analysis")
     encoder_name = Path(args.ckpt).stem if args.ckpt else str(probe.backbone._target_).rsplit(".", 1)[-1]
     out = Path(args.out or ROOT / "logs" / "cluster_analysis" / f"{probe.data.corpus}-{encoder_name}")
     out.mkdir(parents=True, exist_ok=True)
-    cfg = compose_train_config(overrides, out)
+    cfg = compose_config("train.yaml", overrides, out)
 
     dm = build_datamodule(cfg)
     records, emotions = select_records(dm.train_records + dm.val_records, args.label_set)

@@ -1,10 +1,12 @@
 """Does emotion-label-free pretraining help SER on unseen speakers? Frozen start vs pretrained, per fold.
 
 For every speaker-independent fold (`evaluation.protocols.make_folds`, k-fold over speakers):
-1. pretrain the encoder with the configured objective (e.g. experiment=contrastive_mtl) on ALL the
-   audio of the fold's training speakers (every clip, every emotion, no emotion label read:
-   `data.speakers` restricts the datamodule to those speakers, no validation speakers);
-2. embed the 4-class clips of every speaker with the frozen start and with the pretrained encoder;
+1. pretrain the encoder with the configured objective (e.g. experiment=contrastive_mtl) on the audio
+   of the fold's training speakers (every clip, every emotion, no emotion label read in training):
+   `data.speakers` restricts the datamodule to those speakers, and `--val-speakers` of THEM are held
+   out as validation speakers, whose labels the emotion probe (`val/probe_ua`) reads to select the
+   checkpoint; the fold's test speakers are never seen, not even for model selection;
+2. embed the 4-class clips of every speaker with the frozen start and with the selected checkpoint;
 3. fit the classifier head (default: the paper's SVM) on the training speakers' embeddings and
    score the held-out speakers (`evaluation.run_heads.run_evaluation` on that fold's split).
 Prints UA/WA of both side by side (mean ± std over folds) and writes json + markdown.
@@ -33,8 +35,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from callbacks.intra_speaker_clustering import IntraSpeakerClustering, embed_records  # noqa: E402
-from cluster_analysis import build_datamodule, compose_train_config, load_encoder, select_records  # noqa: E402
+from callbacks.intra_speaker_clustering import IntraSpeakerClustering  # noqa: E402
+from lightning_modules.clip_embedding import embed_records  # noqa: E402
+from lightning_modules.embedding_module import load_embedding_module  # noqa: E402
+from cluster_analysis import build_datamodule, load_encoder, select_records  # noqa: E402
+from utils.compose import compose_config  # noqa: E402
 from evaluation.embeddings_io import EmbeddingSet  # noqa: E402
 from evaluation.protocols import make_folds  # noqa: E402
 from evaluation.run_heads import run_evaluation  # noqa: E402
@@ -42,17 +47,16 @@ from evaluation.run_heads import run_evaluation  # noqa: E402
 log = logging.getLogger("pretrain_protocol")
 
 
-def fold_config(overrides: list[str], out_dir: Path, train_speakers: list[str]):
-    """The run's config restricted to the fold's training speakers, without validation speakers (no
-    emotion-free model selection criterion is needed: the last epoch is used) or interactive output."""
-    cfg = compose_train_config(overrides, out_dir)
+def fold_config(overrides: list[str], out_dir: Path, train_speakers: list[str], val_speakers: float | int = 0.25):
+    """The run's config restricted to the fold's training speakers, `val_speakers` of which (a fraction
+    or a count) become its validation speakers: the experiment's checkpoint monitor (val/probe_ua for
+    emotion objectives) then selects on speakers of the training side only. No interactive output."""
+    cfg = compose_config("train.yaml", overrides, out_dir)
     with open_dict(cfg):
         cfg.data.speakers = list(train_speakers)
-        cfg.data.val_speakers = 0
+        cfg.data.val_speakers = val_speakers
         for name in ("progress_bar", "model_summary"):
             cfg.callbacks.pop(name, None)
-        if "model_checkpoint" in cfg.callbacks:
-            cfg.callbacks.model_checkpoint.monitor = None
         cfg.trainer.enable_progress_bar = False
         cfg.trainer.enable_model_summary = False
         cfg.logger = None
@@ -104,15 +108,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--head", default="svm", help="evaluation head (evaluation.heads.make_head name)")
     ap.add_argument("--head-kwargs", default="{}", help='json, e.g. \'{"C": 10}\'')
     ap.add_argument("--batch-size", type=int, default=32, help="utterances per embedding batch")
+    ap.add_argument("--val-speakers", type=float, default=0.25,
+                    help="validation speakers carved out of each fold's training speakers (fraction < 1, or a count)")
     ap.add_argument("--out", default=None, help="output folder (default: logs/pretrain_protocol/<corpus>)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     head_kwargs = json.loads(args.head_kwargs)
 
-    probe = compose_train_config(list(args.overrides) + ["data.val_speakers=0"], ROOT / "logs" / "pretrain_protocol")
+    probe = compose_config("train.yaml", list(args.overrides) + ["data.val_speakers=0"], ROOT / "logs" / "pretrain_protocol")
     out = Path(args.out or ROOT / "logs" / "pretrain_protocol" / str(probe.data.corpus))
     out.mkdir(parents=True, exist_ok=True)
-    cfg = compose_train_config(list(args.overrides) + ["data.val_speakers=0"], out)
+    cfg = compose_config("train.yaml", list(args.overrides) + ["data.val_speakers=0"], out)
     dm = build_datamodule(cfg)
     records, emotions = select_records(dm.train_records, args.label_set)
     speakers = np.array([r.speaker for r in records])
@@ -134,14 +140,25 @@ def main(argv: list[str] | None = None) -> dict:
         fold = folds[k]
         t_fold = time.perf_counter()
         train_speakers = sorted(set(speakers[fold.train_idx].tolist()))
-        fcfg = fold_config(list(args.overrides), out / f"fold{k}", train_speakers)
-        log.info("fold %d: pretraining on %s, testing on %s", k, train_speakers, list(fold.test_speakers))
-        _, objs = train(fcfg)
-        model = objs["model"].cpu()
+        n_val = int(args.val_speakers) if args.val_speakers >= 1 else args.val_speakers
+        fcfg = fold_config(list(args.overrides), out / f"fold{k}", train_speakers, n_val)
+        metrics, objs = train(fcfg)
+        val_speakers = list(objs["datamodule"].val_speakers)
+        if set(val_speakers) & set(fold.test_speakers):  # data.speakers makes this impossible; never let it pass
+            raise RuntimeError(f"fold {k}: validation speakers {val_speakers} overlap the test speakers")
+        log.info("fold %d: pretrained on %s, validated on %s, testing on %s", k,
+                 sorted(set(train_speakers) - set(val_speakers)), val_speakers, list(fold.test_speakers))
+        best = metrics.get("best_ckpt_path") or ""
+        selector = objs["trainer"].checkpoint_callback
+        best_score = getattr(selector, "best_model_score", None) if best else None
+        model = load_embedding_module(best) if best else objs["model"].cpu()
         pre = EmbeddingSet(embed_records(model, dm, records, args.batch_size), np.array(emotions), speakers, utt_id=utt)
         clustering = [cb for cb in objs["trainer"].callbacks if isinstance(cb, IntraSpeakerClustering)]
         purity = [r.monitor.get("purity") for r in clustering[0].history] if clustering else []
         entry = {"fold": k, "test_speakers": list(fold.test_speakers), "train_speakers": train_speakers,
+                 "val_speakers": val_speakers, "selected_checkpoint": best or "last epoch",
+                 "selected_on": getattr(selector, "monitor", None) if best else None,
+                 "selected_score": None if best_score is None else float(best_score),
                  "frozen": score(frozen, fold.test_speakers, args.head, head_kwargs, args.seed),
                  "pretrained": score(pre, fold.test_speakers, args.head, head_kwargs, args.seed),
                  "cluster_purity": [p for p in purity if p is not None],

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from utils.compose import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "corpora"
@@ -29,18 +29,7 @@ def synthetic_cache(tmp_path_factory) -> Path:
 
 
 def make_cfg(config_name: str, tmp_path: Path, overrides: list[str], data_dir: Path | None = None) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.paths.log_dir = str(tmp_path / "logs")
-        if data_dir is not None:
-            cfg.paths.data_dir = str(data_dir)
-        cfg.hydra.runtime.output_dir = str(tmp_path)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    return cfg
+    return compose_config(config_name, overrides, output_dir=tmp_path, log_dir=tmp_path / "logs", data_dir=data_dir)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_modules.backbones import BACKBONES, flops_per_second_of_audio
-from lightning_modules.backbones.deeptalk import LAST_LAYER_PAD, DeepTalkBackbone
+from lightning_modules.backbones.deeptalk import DeepTalkBackbone
 
 
 def _speechlike(n: int, sr: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -84,16 +84,31 @@ def test_filterbank_positions_match_deeptalk():
     assert DeepTalkBackbone(sample_rate=16000).filterbank.positions == 161
 
 
+# DeepTalk's published layer table, written out (not read back from the module under test).
+DEEPTALK_FCNN = [(1, 2, 5, 2), (2, 4, 5, 2), (4, 8, 7, 3), (8, 16, 9, 4), (16, 32, 11, 5), (32, 40, 11, 5)]  # in, out, k, d
+GST_REFERENCE_FILTERS, GST_GRU, GST_TOKENS, GST_HEADS = [32, 32, 64, 64, 128, 128], 128, 10, 8
+
+
+def test_layer_table_is_deeptalks():
+    m = DeepTalkBackbone(sample_rate=16000)
+    convs = m.filterbank.convs
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.dilation[0]) for c in convs] == DEEPTALK_FCNN
+    assert [c.out_channels for c in m.reference_encoder.convs] == GST_REFERENCE_FILTERS
+    assert m.reference_encoder.gru.hidden_size == GST_GRU
+    assert m.style_tokens.tokens.shape == (GST_TOKENS, 256 // GST_HEADS) and m.style_tokens.n_heads == GST_HEADS
+    assert m.embedding_dim == 256
+
+
 def test_reference_equals_deeptalk_fcnn_and_stl(model8):
-    """Our plain path against DeepTalk's own layer layout (Conv2d (k, 1) kernels, ZeroPad2d, split-head attention)."""
+    """Our plain path against DeepTalk's own layer layout (Conv2d (k, 1) kernels, ZeroPad2d, split-head
+    attention), built from the literal table above: a layer of another size cannot take the weights."""
     fb = model8.filterbank
     layers = []
-    for i, conv in enumerate(fb.convs):
-        o, c, k = conv.weight.shape
-        if i == len(fb.convs) - 1:
-            layers.append(nn.ZeroPad2d((0, 0, *LAST_LAYER_PAD)))
-        c2 = nn.Conv2d(c, o, (k, 1), dilation=(conv.dilation[0], 1))
-        c2.weight.data.copy_(conv.weight.unsqueeze(-1))
+    for i, ((c, o, k, d), conv) in enumerate(zip(DEEPTALK_FCNN, fb.convs, strict=True)):
+        if i == len(DEEPTALK_FCNN) - 1:
+            layers.append(nn.ZeroPad2d((0, 0, 3, 4)))  # DeepTalk's pad before the last convolution
+        c2 = nn.Conv2d(c, o, (k, 1), dilation=(d, 1))
+        c2.weight.data.copy_(conv.weight.unsqueeze(-1))  # raises if the module's layer has another shape
         c2.bias.data.copy_(conv.bias)
         layers += [c2, nn.SELU()]
     fcnn = nn.Sequential(*layers)
@@ -109,7 +124,7 @@ def test_reference_equals_deeptalk_fcnn_and_stl(model8):
     with torch.no_grad():  # DeepTalk's MultiHeadAttention.forward, verbatim in torch ops
         q, keys = stl.w_query(query.unsqueeze(1)), torch.tanh(stl.tokens).unsqueeze(0).expand(3, -1, -1)
         kk, vv = stl.w_key(keys), stl.w_value(keys)
-        split = lambda x: torch.stack(torch.split(x, 256 // 8, dim=2), dim=0)
+        split = lambda x: torch.stack(torch.split(x, 256 // GST_HEADS, dim=2), dim=0)
         scores = torch.softmax(split(q) @ split(kk).transpose(2, 3) / (stl.token_dim ** 0.5), dim=3)
         theirs = torch.cat(torch.split(scores @ split(vv), 1, dim=0), dim=3).squeeze(0).squeeze(1)
         torch.testing.assert_close(stl(query), theirs, atol=1e-6, rtol=1e-5)

@@ -108,6 +108,7 @@ def test_batches_hold_positives_and_same_speaker_negatives(datamodule):
     for batch in batches:
         idx = batch["index"].numpy()
         spk, clu = batch["label"].numpy(), datamodule.pseudo_labels[idx]
+        assert batch["cluster"].tolist() == clu.tolist()  # each clip's pseudo-label travels with it
         assert len(idx) == h.n_speakers * h.n_clusters_per_speaker * h.n_per_speaker
         assert len(set(spk.tolist())) == h.n_speakers
         for i in range(len(idx)):
@@ -166,3 +167,26 @@ def test_emotion_agreement_purity_and_nmi():
     assert perfect["purity"] == 1.0 and perfect["nmi"] == pytest.approx(1.0)
     mixed = emotion_agreement(speakers, [0, 1, 0, 1, 0, 1, 0, 1], emotions)
     assert mixed["purity"] == 0.5 and mixed["nmi"] == pytest.approx(0.0)
+
+
+# ----- checkpoint state: the labels in use -----
+def test_pseudo_labels_survive_a_safe_checkpoint_round_trip(datamodule, tmp_path, train_cfg_factory):
+    cb = IntraSpeakerClustering(n_clusters=2, use_gpu=False, monitor_emotions=False)
+    cb.recluster(fake_trainer(datamodule), encoder())
+    labels = datamodule.pseudo_labels.copy()
+    torch.save({"callbacks": {cb.state_key: cb.state_dict()}}, tmp_path / "ckpt.pt")
+    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)  # plain types only
+
+    cfg = train_cfg_factory(FEATURES, "data.n_speakers=3", "data.n_per_speaker=2", *QUIET)
+    fresh_dm = instantiate(cfg.data, _convert_="all")
+    fresh_dm.prepare_data(), fresh_dm.setup("fit")
+    restored = IntraSpeakerClustering(n_clusters=2, use_gpu=False, monitor_emotions=False)
+    restored.recluster = lambda *a: pytest.fail("resuming must not re-cluster")
+    restored.on_load_checkpoint(fake_trainer(fresh_dm), encoder(), checkpoint)
+    assert np.array_equal(fresh_dm.pseudo_labels, labels) and restored.labels_epoch == 0
+    assert [r.epoch for r in restored.history] == [0]
+
+    fresh_dm.train_records = fresh_dm.train_records[1:]  # another training set: the labels do not belong to it
+    with pytest.raises(ValueError, match="another set of training clips"):
+        IntraSpeakerClustering(n_clusters=2, use_gpu=False).on_load_checkpoint(fake_trainer(fresh_dm), encoder(),
+                                                                               checkpoint)

@@ -43,6 +43,7 @@ def test_speed_perturbed_copies_are_new_speakers(train_cfg_factory):
     items = [ds[i] for i in range(20)]
     assert any(it["label"] >= 6 for it in items)  # some clips got a sped-up speaker id
     assert all(it["label"] % 6 == ds.labels[it["index"]] for it in items)  # ... of their own speaker
+    assert all(it["speaker"] == ds.labels[it["index"]] for it in items)  # the original speaker travels along
 
 
 def test_shards_format_streams_the_training_clips(train_cfg_factory, tmp_path):
@@ -54,3 +55,48 @@ def test_shards_format_streams_the_training_clips(train_cfg_factory, tmp_path):
     assert len(set(seen)) == len(seen)
     batch = next(iter(loader))
     assert batch["wav"].shape == (8, 16000)
+
+
+def test_validation_batches_carry_speaker_and_emotion_ids_of_validation_speakers_only(train_cfg_factory):
+    dm = _dm(train_cfg_factory)
+    batches = list(dm.val_dataloader())
+    index = torch.cat([b["index"] for b in batches])
+    speaker, emotion = torch.cat([b["speaker"] for b in batches]), torch.cat([b["emotion"] for b in batches])
+    records = [dm.val_records[i] for i in index.tolist()]
+    assert [dm.val_speakers[s] for s in speaker.tolist()] == [r.speaker for r in records]
+    assert [dm.val_label_names[e] for e in emotion.tolist()] == [r.emotion4 for r in records]
+    assert not set(dm.val_speakers) & {r.speaker for r in dm.train_records}
+
+
+def test_val_label_field_is_checked_and_missing_labels_are_minus_one(train_cfg_factory):
+    import pytest
+
+    with pytest.raises(Exception, match=r"data\.val_label_field=.emotion5. is not a record field"):
+        _dm(train_cfg_factory, "data.val_label_field=emotion5")
+    dm = _dm(train_cfg_factory, "data.val_label_field=null")
+    assert set(torch.cat([b["emotion"] for b in dm.val_dataloader()]).tolist()) == {-1}
+
+
+def test_shard_order_changes_every_epoch_and_is_reproducible_with_workers(train_cfg_factory, tmp_path):
+    """Persistent workers copy the dataset once; the epoch still reaches them (shared memory), so every
+    epoch streams a new order, and the same epoch gives the same clips and crops in every run."""
+    from types import SimpleNamespace
+
+    shards = ["data.format=shards", f"data.shards_dir={tmp_path}/shards", "data.clips_per_shard=4", "data.num_workers=2",
+              "data.shuffle_buffer=8"]
+    dm = _dm(train_cfg_factory, *shards)
+    dm.trainer = SimpleNamespace(current_epoch=0)  # what the loader reads the epoch from
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers
+
+    def one_epoch(epoch):
+        dm.trainer.current_epoch = epoch
+        batches = list(loader)
+        return [b["index"].tolist() for b in batches], batches[0]["wav"]
+
+    (order0, wav0), (order1, _), (again0, wav_again) = one_epoch(0), one_epoch(1), one_epoch(0)
+    assert order0 != order1 and sorted(sum(order0, [])) == sorted(sum(order1, []))
+    assert again0 == order0 and torch.equal(wav_again, wav0)
+    other_run = _dm(train_cfg_factory, *shards)
+    other_run.trainer = SimpleNamespace(current_epoch=1)
+    assert [b["index"].tolist() for b in other_run.train_dataloader()] == order1

@@ -1,3 +1,4 @@
+import logging
 from collections import Counter
 
 import numpy as np
@@ -7,8 +8,8 @@ from datamodules.samplers import PKBatchSampler
 
 
 def indices(batches):
-    """Dataset indices of the (index, item_seed) batches a PKBatchSampler yields."""
-    return [[i for i, _ in b] for b in batches]
+    """Dataset indices of the (index, item_seed[, cluster]) batches a PKBatchSampler yields."""
+    return [[item[0] for item in b] for b in batches]
 
 
 def _labels(n_spk=10, per=6):
@@ -34,7 +35,7 @@ def test_epochs_differ_and_are_reproducible():
     assert first == list(b)  # same indices and the same per-item crop seeds
     a.set_epoch(1)
     assert indices(a) != indices(first)
-    assert {seed for batch in a for _, seed in batch}.isdisjoint({seed for batch in first for _, seed in batch})
+    assert {item[1] for batch in a for item in batch}.isdisjoint({item[1] for batch in first for item in batch})
 
 
 def test_ddp_ranks_get_disjoint_batches_of_equal_count():
@@ -80,3 +81,37 @@ def test_lightning_reaches_set_epoch_through_the_batch_samplers_sampler():
     _set_sampler_epoch(loader, 1)
     assert s.epoch == 1 and indices(s) != epoch0
     assert sorted(s.sampler) == sorted(i for b in indices(s) for i in b)
+
+
+def test_each_item_carries_its_cluster_once_subgroups_are_set():
+    groups = _labels(6, 12)
+    clusters = np.tile(np.repeat(np.arange(3), 4), 6)
+    s = PKBatchSampler(groups, n_groups=3, n_per_group=2, seed=0)
+    assert all(len(item) == 2 for b in s for item in b)  # P x K: (index, item_seed)
+    s.set_subgroups(clusters)
+    items = [item for b in s for item in b]
+    assert items and all(len(item) == 3 and item[2] == clusters[item[0]] for item in items)
+    relabelled = (clusters + 1) % 3  # re-clustering: the next plan carries the new labels
+    s.set_subgroups(relabelled)
+    assert all(item[2] == relabelled[item[0]] for b in s for item in b)
+
+
+def test_speakers_too_small_for_a_batch_are_counted_and_reported(caplog):
+    groups = np.concatenate([_labels(4, 6), [4], [5, 5, 5]])  # speaker 4 has one clip
+    names = [f"corpus:{g:02d}" for g in range(6)]
+    with caplog.at_level(logging.WARNING, logger="datamodules.samplers"):
+        s = PKBatchSampler(groups, n_groups=3, n_per_group=2, seed=0, group_names=names)
+    assert s.excluded_groups == [4] and s.n_excluded_items == 1
+    assert 4 not in {groups[i] for b in indices(s) for i in b}
+    warning = [r.getMessage() for r in caplog.records if "never sampled" in r.getMessage()]
+    assert len(warning) == 1 and "1 of 6 speakers (1 of 28 clips)" in warning[0] and "corpus:04" in warning[0]
+
+    # With clusters: speaker 5 (3 clips, one cluster) cannot give 2 clusters; speaker 4 still cannot either.
+    clusters = np.concatenate([np.tile([0, 0, 0, 1, 1, 1], 4), [0], [0, 0, 0]])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="datamodules.samplers"):
+        s.set_subgroups(clusters)
+        s.set_subgroups(clusters)  # the same set again: not reported twice
+    assert s.excluded_groups == [4, 5] and s.n_excluded_items == 4
+    warning = [r.getMessage() for r in caplog.records if "never sampled" in r.getMessage()]
+    assert len(warning) == 1 and "2 of 6 speakers (4 of 28 clips)" in warning[0] and "corpus:05" in warning[0]

@@ -10,6 +10,7 @@ import torch
 from omegaconf import open_dict
 
 from tests.conftest import ROOT
+from tests.helpers import QUIET, TINY_BACKBONE
 from utils.config_checks import ConfigError
 from utils.training import train
 
@@ -21,6 +22,8 @@ def test_fast_dev_run_every_experiment(train_cfg_factory, experiment):
     cfg = train_cfg_factory(f"experiment={experiment}", "debug=fdr")
     metrics, objs = train(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    if experiment == "contrastive_mtl_adversarial":  # the DANN ramp starts the reversal at 0
+        assert 0 <= metrics["train/grl_scale"] < cfg.model.grl_scale
 
 
 def test_bf16_mixed_on_cpu(train_cfg_factory):
@@ -30,12 +33,30 @@ def test_bf16_mixed_on_cpu(train_cfg_factory):
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
 
 
-def test_ddp_simulated_on_two_cpu_processes(train_cfg_factory):
-    cfg = train_cfg_factory("trainer=ddp_sim", "trainer.max_epochs=1", "data.batches_per_epoch=2",
-                            "callbacks.model_summary=null")
+def test_ddp_simulated_on_two_cpu_processes(train_cfg_factory, tmp_path):
+    """Two CPU processes (gloo), the multi-task contrastive objective: each rank trains on its own batches
+    (disjoint, equally many), the replicas end with identical weights, both ranks log the same validation
+    metrics (checkpoint monitors are per rank), and the contrastive loss sees both ranks' clips."""
+    import json
+
+    ranks = tmp_path / "ranks"
+    cfg = train_cfg_factory(TINY_BACKBONE, "model=contrastive_mtl", "callbacks=clustering", "trainer=ddp_sim",
+                            "trainer.max_epochs=1", "data.batches_per_epoch=2", "data.n_speakers=2", "data.n_per_speaker=2",
+                            "+callbacks.ranks._target_=tests.helpers.RankRecorder", f"+callbacks.ranks.out_dir={ranks}",
+                            *QUIET, out="run")
     metrics, objs = train(cfg)
     assert objs["trainer"].world_size == 2
     assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()
+    r0, r1 = (json.loads((ranks / f"rank{r}.json").read_text()) for r in range(2))
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert len(r0["batches"]) == len(r1["batches"]) == 2
+    assert not {tuple(b) for b in r0["batches"]} & {tuple(b) for b in r1["batches"]}
+    assert r0["val"] == r1["val"] and {"val/eer", "val/probe_ua", "val/probe_wa"} <= set(r0["val"][-1])
+    w0, w1 = (torch.load(ranks / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), f"replicas differ in {k}"
+    assert metrics["train/gathered_batch"] == 2 * (2 * 2 * 2)  # both ranks' P x C x K clips
 
 
 def _callback(trainer, cls):
@@ -97,6 +118,42 @@ def test_resume_from_last_checkpoint_continues_like_an_uninterrupted_run(train_c
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
+
+
+def test_resumed_contrastive_run_keeps_the_pseudo_labels_and_batches(train_cfg_factory):
+    """experiment=contrastive_mtl, re-clustering every 2 epochs, stopped after epoch 0: the uninterrupted
+    run trains epoch 1 on the pseudo-labels clustered before epoch 0, so the resumed run must too (they
+    are in the checkpoint), with the same batches and the same final weights. Best checkpoint by the
+    emotion probe of the validation speakers."""
+    from callbacks.intra_speaker_clustering import IntraSpeakerClustering
+    from tests.helpers import RecordProgress
+
+    common = ["experiment=contrastive_mtl", TINY_BACKBONE, "trainer.max_epochs=2", "data.batches_per_epoch=3",
+              "callbacks.intra_speaker_clustering.every_n_epochs=2",
+              "+callbacks.progress._target_=tests.helpers.RecordProgress", *QUIET]
+    metrics, full = train(train_cfg_factory(*common, out="uninterrupted"))
+    killed_cfg = train_cfg_factory(*common, "+callbacks.stop._target_=tests.helpers.StopAfterEpoch", out="killed")
+    train(killed_cfg)
+    last = Path(killed_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    _, resumed = train(train_cfg_factory(*common, f"ckpt_path={last}", out="resumed"))
+
+    clustering = lambda objs: _callback(objs["trainer"], IntraSpeakerClustering)  # noqa: E731
+    assert [r.epoch for r in clustering(full).history] == [0]
+    assert [r.epoch for r in clustering(resumed).history] == [0]  # restored, not re-clustered
+    assert clustering(resumed).labels.tolist() == clustering(full).labels.tolist()
+    progress, full_progress = _callback(resumed["trainer"], RecordProgress), _callback(full["trainer"], RecordProgress)
+    assert progress.epochs == [1]
+    assert progress.batches[1] == full_progress.batches[1]
+    assert progress.clusters[1] == full_progress.clusters[1]
+    a, b = full["model"].state_dict(), resumed["model"].state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
+
+    selector = full["trainer"].checkpoint_callback
+    assert selector.monitor == "val/probe_ua" and selector.mode == "max"
+    probe = {e: v["val/probe_ua"] for e, v in full_progress.val.items()}
+    assert set(probe) == {0, 1} and float(selector.best_model_score) == pytest.approx(max(probe.values()))
+    assert metrics["best_ckpt_path"].endswith(f"epoch_{max(probe, key=probe.get):03d}.ckpt")
 
 
 def test_ckpt_path_last_without_a_previous_run_is_a_clear_error(train_cfg_factory):
