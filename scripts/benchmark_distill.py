@@ -38,12 +38,12 @@ def rss_mib() -> float:
 def worker(preset: str, precision: str, steps: int, clips: int | None, threads: int, overrides: list[str]) -> dict:
     import torch
 
-    from scripts._bench_common import compose_train_cfg
+    from utils.compose import compose_config
     from utils.training import build_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = compose_train_cfg([f"experiment={preset}", *overrides], tempfile.mkdtemp())
+    cfg = compose_config("train.yaml", [f"experiment={preset}", *overrides], tempfile.mkdtemp())
     model = build_model(cfg)
     model.train()
     model.log = lambda *a, **k: None  # no trainer attached

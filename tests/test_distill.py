@@ -372,3 +372,39 @@ def test_context_encoder_backbone_config_fits_a_distill_checkpoint(tmp_path):
     other = EmbeddingModule(OmegaConf.to_container(cfg.backbone, resolve=True), init_from=str(ckpt)).eval()
     wav = torch.randn(2, 32000)
     assert torch.allclose(other.backbone.embed(wav), distill.backbone.embed(wav), atol=1e-5)
+
+
+class StartWeights(L.Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.state = copy.deepcopy(pl_module.state_dict())
+
+
+def _held_out_frame_loss(model: DistillationModule, wavs: torch.Tensor) -> float:
+    model.eval()
+    torch.manual_seed(0)  # the same masks for every model compared
+    with torch.no_grad():
+        return float(model.distillation_losses(wavs)["frame_loss"])
+
+
+@pytest.mark.slow
+def test_student_learns_to_predict_hidden_frames_of_unseen_speakers(train_cfg_factory):
+    """Learning, measured on validation speakers whose audio is never trained on: the distilled
+    student predicts its teacher's (instance-normalised) targets at masked frames with MSE well below
+    1, the error of the best context-free guess (0), and below its random initialisation's.
+    Measured (seed 12345, 40 steps): 1.21 at initialisation -> 0.87. Emotion separability is a
+    different matter: see docs/distillation.md (on this synthetic set distillation does not beat
+    the random initialisation's linear-probe UA)."""
+    cfg = train_cfg_factory(*TINY, *QUIET, "data.corpus_options.n_speakers=12", "data.corpus_options.clips_per_emotion=4",
+                            "data.val_speakers=4", "data.n_speakers=4", "data.n_per_speaker=4", "data.crop_seconds=1.0",
+                            "trainer.max_epochs=5", "+trainer.limit_val_batches=0", "model.lr=0.002",
+                            "model.warmup_steps=10", "+callbacks.start._target_=tests.test_distill.StartWeights")
+    metrics, objs = train(cfg)
+    model, dm = objs["model"].cpu(), objs["datamodule"]
+    assert not {r.speaker for r in dm.train_records} & {r.speaker for r in dm.val_records}
+    batch = next(iter(dm.utterance_loader(dm.val_records, batch_size=len(dm.val_records))))
+    wavs = torch.stack([w[:16000] for w in batch["wavs"]])
+    end = _held_out_frame_loss(model, wavs)
+    start_model = copy.deepcopy(model)
+    start_model.load_state_dict(next(cb for cb in objs["trainer"].callbacks if isinstance(cb, StartWeights)).state)
+    start = _held_out_frame_loss(start_model, wavs)
+    assert end < 0.93 and end < start - 0.2, f"held-out masked-frame MSE {start:.3f} -> {end:.3f}"

@@ -181,7 +181,7 @@ class ContextEncoderBackbone(Backbone):
                  n_extra_tokens: int = 10, norm_first: bool = False, conv_pos_width: int = 95,
                  conv_pos_depth: int = 5, conv_pos_groups: int = 16, alibi: bool = True, frame_pooling: int = 1,
                  embedding: str = "chunk", freeze_front_end: bool = False, sample_rate: int | None = None,
-                 window_seconds: float = 2.0, window_hop_seconds: float = 1.0):
+                 window_seconds: float = 1.6, window_hop_seconds: float = 0.8):
         super().__init__()
         from lightning_modules.backbone_factory import build_backbone
 
