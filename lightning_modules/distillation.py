@@ -24,6 +24,7 @@ emotion2vec: docs/distillation.md.
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 import logging
 from typing import Any, Mapping
@@ -150,6 +151,12 @@ def student_spec(backbone: Mapping[str, Any], encoder: Mapping[str, Any] | None,
     """The student's backbone config: the front end wrapped in a context encoder (or, when `backbone`
     already is a context-encoder config, e.g. when a checkpoint is rebuilt, that config unchanged)."""
     encoder = dict(encoder or {})
+    valid = [k for k in inspect.signature(ContextEncoderBackbone).parameters if k != "front_end"]
+    for key in encoder:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            raise ValueError(f"unknown key model.encoder.{key}" + (f"; did you mean model.encoder.{close[0]}?" if close else "")
+                             + f" Valid keys: {valid}")
     if str(backbone.get("_target_")) == CONTEXT_ENCODER_TARGET:
         spec = dict(backbone)
         clash = {k: (v, spec[k]) for k, v in encoder.items() if k in spec and spec[k] != v}

@@ -256,6 +256,8 @@ def test_bad_settings_name_the_key():
     with pytest.raises(ValueError, match="encoder.n_extra_tokens"):
         tiny_module(encoder={**TINY_ENCODER, "n_extra_tokens": 0})  # chunk needs utterance tokens
     tiny_module(utterance="global", encoder={**TINY_ENCODER, "n_extra_tokens": 0, "embedding": "frames"})
+    with pytest.raises(ValueError, match="model.encoder.dimm; did you mean model.encoder.dim"):
+        tiny_module(encoder={**TINY_ENCODER, "dimm": 16})
 
 
 # ----- the backbone seen by evaluation -----
