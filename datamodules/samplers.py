@@ -101,6 +101,7 @@ class PKBatchSampler(Sampler[list[tuple[int, ...]]]):
         self._index()
         self._batches_per_epoch = batches_per_epoch
         self.sampler = _EpochRelay(self)
+        self._skip: tuple[int, int] | None = None  # (epoch, batches of this rank already trained), see skip_once
 
     def _index(self):
         self.by_group = defaultdict(list)
@@ -171,6 +172,13 @@ class PKBatchSampler(Sampler[list[tuple[int, ...]]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def skip_once(self, epoch: int, n_batches: int) -> None:
+        """The next pass over `epoch` starts after this rank's first `n_batches` batches (a run resumed
+        mid-epoch continues the plan instead of replaying its start)."""
+        if not 0 <= int(n_batches) <= len(self):
+            raise ValueError(f"skip_once: {n_batches} batches to skip, the epoch has {len(self)}")
+        self._skip = (int(epoch), int(n_batches)) if n_batches else None
+
     def _rank_world(self) -> tuple[int, int]:
         if self._rank is not None and self._world is not None:
             return self._rank, self._world
@@ -208,8 +216,10 @@ class PKBatchSampler(Sampler[list[tuple[int, ...]]]):
     def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
         rank, world = self._rank_world()
         sub = self.subgroups
+        skip = self._skip[1] if self._skip is not None and self._skip[0] == self.epoch else 0
+        self._skip = None
         for b, batch in enumerate(self.epoch_plan()):
-            if b % world == rank:
+            if b % world == rank and b // world >= skip:
                 if sub is None:
                     yield [(i, item_seed(self.seed, self.epoch, b, j)) for j, i in enumerate(batch)]
                 else:

@@ -202,3 +202,17 @@ class FailOnce(Callback):
         if not self.marker.exists():
             self.marker.touch()
             raise RuntimeError("forced failure of this trial (tests.helpers.FailOnce)")
+
+
+class SignalAtStep(Callback):
+    """Sends `signal` to this process after optimizer step `step`, as a cluster preempting the job would."""
+
+    def __init__(self, step: int, signal: str = "SIGTERM"):
+        self.step, self.signal = int(step), signal
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        import os
+        import signal
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal))

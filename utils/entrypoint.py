@@ -32,29 +32,39 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("sqlite_url", sqlite_url)
 
 
-def close_loggers(failed: bool) -> None:
-    """Finish an open W&B run (exit code 1 when the task failed); other loggers flush on their own."""
+def close_loggers(failed: bool, preempted: bool = False) -> None:
+    """Finish an open W&B run (exit code 1 when the task failed; marked preempted when it was stopped by a
+    signal, to be continued by ckpt_path=last); other loggers flush on their own."""
     try:
         import wandb
     except ImportError:  # pragma: no cover - wandb is a dependency
         return
     if wandb.run is not None:
-        log.info("closing the W&B run (%s)", "failed" if failed else "finished")
-        wandb.finish(exit_code=1 if failed else 0)
+        log.info("closing the W&B run (%s)", "preempted" if preempted else "failed" if failed else "finished")
+        if preempted:
+            wandb.run.mark_preempting()
+        wandb.finish(exit_code=1 if failed and not preempted else 0)
 
 
 def run_task(task: Callable, cfg):
-    """Run `task(cfg)`; close loggers whatever happens (the W&B run is marked failed on an exception)."""
-    failed = True
+    """Run `task(cfg)`; close loggers whatever happens (the W&B run is marked failed on an exception,
+    preempted when a signal stopped it: see callbacks/preemption.py)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    failed, preempted = True, False
     try:
         out = task(cfg)
         failed = False
         return out
+    except SIGTERMException:
+        preempted = True
+        log.info("stopped by a signal after saving checkpoints/last.ckpt; resume with ckpt_path=last")
+        raise
     except Exception:
         log.exception("the run failed")
         raise
     finally:
-        close_loggers(failed)
+        close_loggers(failed, preempted)
         out_dir = cfg.get("paths", {}).get("output_dir") if hasattr(cfg, "get") else None
         if out_dir:
             log.info("output dir: %s", out_dir)
@@ -79,6 +89,12 @@ def launch(task: Callable, config_name: str) -> None:
     multirun = any(a in ("-m", "--multirun") for a in args)
     if not multirun and not any(a.startswith("--") and a not in ("--multirun",) for a in args):
         msg = precheck_overrides(config_name, args)
+        if msg:
+            print(f"Config error: {msg}", file=sys.stderr)
+            sys.exit(2)
+        from utils.resume import prepare_resume
+
+        msg = prepare_resume(config_name, args)
         if msg:
             print(f"Config error: {msg}", file=sys.stderr)
             sys.exit(2)

@@ -46,15 +46,20 @@ def build_model(cfg: DictConfig) -> L.LightningModule:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
+    """A checkpoint file, or `last` / `auto`: this run folder's checkpoints/last.ckpt (train.py has already
+    moved into the run being resumed, see utils/resume.py); `auto` starts fresh when there is none."""
     if ckpt_path in (None, "", "null"):
         return None
-    if ckpt_path == "last":
+    if ckpt_path in ("last", "auto"):
         p = Path(output_dir) / "checkpoints" / "last.ckpt"
+        if ckpt_path == "auto" and not p.exists():
+            log.info("ckpt_path=auto: nothing to resume, starting a new run")
+            return None
     else:
         p = Path(ckpt_path)
     if not p.exists():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: {p} does not exist (for 'last', also pass the old run's "
-                                f"folder as hydra.run.dir=...)")
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: {p} does not exist (train.py resumes the newest run "
+                                "launched with the same overrides; or pass the checkpoint file itself)")
     return str(p)
 
 
