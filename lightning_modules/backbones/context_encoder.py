@@ -235,8 +235,12 @@ class ContextEncoderBackbone(Backbone):
         return self.encode(wav).frames
 
     def layers(self, wav: Tensor) -> list[Tensor]:
-        """Every block's (B, T, dim) frame outputs, bottom to top (the last one is `frames`)."""
+        """Every block's (B, T, dim) frame outputs, bottom to top (the last one is `frames`); the extra
+        tokens are left out (they are the utterance embedding's, not time steps)."""
         return self.encode(wav).block_outputs
+
+    def layer_names(self) -> list[str]:
+        return [f"block{i + 1}" for i in range(len(self.context.blocks))]
 
     def embed(self, wav: Tensor) -> Tensor:
         return F.normalize(self.pool(self.encode(wav)).float(), dim=1)

@@ -64,8 +64,8 @@ class ConvFeatureEncoderBackbone(Backbone):
     def num_frames(self, n_samples: int) -> int:
         return (max(n_samples, self.receptive_field) - self.receptive_field) // self.hop + 1
 
-    def frames(self, wav: Tensor) -> Tensor:
-        """(B, S) -> (B, T, 512) at sample_rate / 320 frames per second."""
+    def layers(self, wav: Tensor) -> list[Tensor]:
+        """(B, S) -> every convolution block's output (B, T_l, C_l), T_l halving (first: fifth) per block."""
         if wav.dim() != 2:
             raise ValueError(f"expected a (batch, samples) waveform, got shape {tuple(wav.shape)}")
         x = wav.float()
@@ -73,10 +73,18 @@ class ConvFeatureEncoderBackbone(Backbone):
             x = F.layer_norm(x, x.shape[-1:])
         if x.shape[1] < self.receptive_field:
             x = F.pad(x, (0, self.receptive_field - x.shape[1]))
-        x = x.unsqueeze(1)
+        x, outs = x.unsqueeze(1), []
         for block in self.conv_layers:
             x = block(x)
-        return x.transpose(1, 2)
+            outs.append(x.transpose(1, 2))
+        return outs
+
+    def layer_names(self) -> list[str]:
+        return [f"conv{i + 1}" for i in range(len(self.conv_layers))]
+
+    def frames(self, wav: Tensor) -> Tensor:
+        """(B, S) -> (B, T, 512) at sample_rate / 320 frames per second."""
+        return self.layers(wav)[-1]
 
     def embed(self, wav: Tensor) -> Tensor:
         return F.normalize(self.frames(wav).mean(1).float(), dim=1)

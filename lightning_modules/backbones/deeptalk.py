@@ -20,6 +20,8 @@ Follows the DeepTalk code the seed paper used (iPRoBe-lab/DeepTalk, `encoder/mod
 
 `frames(wav)` returns the (B, T, 40) filterbank features (time-aligned, 10 ms steps); the
 reference encoder's GRU runs 64x coarser in time, so its outputs are not used as frames.
+`layers(wav)` returns every stage: filterbank, the six reference-encoder convolutions (as
+(B, T_i, C_i * F_i) frames), the GRU outputs and the style embedding as a (B, 1, 256) layer.
 
 Speed. The filterbank costs ~0.77 GFLOP per second of 16 kHz audio (0.09 at 8 kHz), almost all of
 it in per-frame convolutions with tiny channel counts. Training (gradients needed) runs the plain
@@ -225,15 +227,20 @@ class ReferenceEncoder(nn.Module):
             freq = (freq - 1) // 2 + 1
         self.gru = nn.GRU(filters[-1] * freq, gru_size, batch_first=True)
 
-    def forward(self, feats: Tensor) -> Tensor:
+    def stages(self, feats: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
+        """(every conv stage's output as (B, T_i, C_i * F_i), GRU outputs (B, T', gru_size), final state (B, gru_size))."""
         x = feats.unsqueeze(1)  # (B, 1, T, n_mels)
+        convs = []
         for conv, bn in zip(self.convs, self.bns):
             x = F.relu(bn(conv(x)))
-        x = x.transpose(1, 2).flatten(2)  # (B, T', C * F')
+            convs.append(x.transpose(1, 2).flatten(2))  # (B, T_i, C_i * F_i): the layout the GRU reads
         # GRUs are not autocast ops on CPU: run in float32 so bf16 autocast callers work.
         with torch.autocast(x.device.type, enabled=False):
-            _, state = self.gru(x.float())
-        return state[0]
+            out, state = self.gru(convs[-1].float())
+        return convs, out, state[0]
+
+    def forward(self, feats: Tensor) -> Tensor:
+        return self.stages(feats)[2]
 
 
 class StyleTokenLayer(nn.Module):
@@ -306,6 +313,20 @@ class DeepTalkBackbone(Backbone):
 
     def embed(self, wav: Tensor) -> Tensor:
         return self.embed_frames(self.frames(wav))
+
+    def layers(self, wav: Tensor) -> list[Tensor]:
+        """[filterbank (B, T, 40), ref_conv1..6 (B, T_i, C_i * F_i), gru (B, T_6, 128), style (B, 1, 256)].
+
+        T_i = ceil(T / 2^i) (the reference encoder halves time at every stage); `style` is the L2-normalised
+        embedding `embed(wav)` as a one-frame layer."""
+        feats = self.frames(wav)
+        convs, gru_out, state = self.reference_encoder.stages(feats)
+        style = F.normalize(self.style_tokens(state).float(), dim=1)
+        return [feats, *convs, gru_out, style.unsqueeze(1)]
+
+    def layer_names(self) -> list[str]:
+        n_convs = len(self.reference_encoder.convs)
+        return ["filterbank", *(f"ref_conv{i + 1}" for i in range(n_convs)), "gru", "style"]
 
     def flops_per_second(self) -> float:
         """Analytic FLOPs (2 x multiply-adds) to embed one second of audio: long-clip limit, no window overlap."""

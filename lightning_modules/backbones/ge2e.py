@@ -11,6 +11,11 @@ whole utterance and then sliced, the last partial kept when it is at least `min_
 `embed(wav)` treats each row of (B, S) as one partial (volume-normalised on its own);
 `embed_utterances` normalises each whole utterance first, as Resemblyzer does. `frames(wav)` returns
 the top LSTM layer's per-frame outputs (B, 1 + S // 160, 256) for frame-level objectives.
+`layers(wav)` returns [mel (B, T, 40), lstm1, lstm2, lstm3 (B, T, 256)]: the LSTM's input (the power
+mel, as Resemblyzer feeds it) and each of its three layers' outputs (run one layer at a time with the
+same weights, so `layers(wav)[-1]` is `frames(wav)`). Layer statistics of whole utterances
+(`layer_stats_utterances`) use the partials of `embed_utterances`; frames past the end of the clip
+(the zero padding of its last partial) are left out of them.
 Weights are read with `torch.load(weights_only=True)` from the installed wheel (its optimiser
 state is ignored), or from `weights_path`; nothing is downloaded.
 
@@ -31,7 +36,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
-from lightning_modules.backbones.base import Backbone
+from lightning_modules.backbones.base import Backbone, pool_layer_stats
 
 _INT16_MAX = 2**15 - 1
 
@@ -142,6 +147,18 @@ class GE2EBackbone(Backbone):
             out, (hidden, _) = self.lstm(mels.float())
         return out, hidden[-1]
 
+    def _layers_from_mel(self, mels: Tensor) -> list[Tensor]:
+        """[mel, output of LSTM layer 1, 2, 3]: the stacked LSTM run one layer at a time (same weights)."""
+        outs, x = [mels], mels
+        with torch.autocast(mels.device.type, enabled=False):
+            x = x.float()
+            h0 = x.new_zeros(1, x.shape[0], self.lstm.hidden_size)
+            for k in range(self.lstm.num_layers):
+                params = [getattr(self.lstm, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                x = torch.lstm(x, (h0, h0), params, True, 1, 0.0, self.training, False, True)[0]
+                outs.append(x)
+        return outs
+
     def _head(self, last_hidden: Tensor) -> Tensor:
         return F.normalize(F.relu(self.linear(last_hidden)).float(), dim=1)
 
@@ -149,6 +166,16 @@ class GE2EBackbone(Backbone):
     def frames(self, wav: Tensor) -> Tensor:
         """(B, S) -> (B, 1 + S // 160, 256) per-frame LSTM outputs (top layer)."""
         return self._lstm(self.mel(self._prepare(wav)))[0]
+
+    def layers(self, wav: Tensor) -> list[Tensor]:
+        """(B, S) -> [mel (B, T, 40), lstm1, lstm2, lstm3 (B, T, 256)], T = 1 + S // 160."""
+        return self._layers_from_mel(self.mel(self._prepare(wav)))
+
+    def layer_names(self) -> list[str]:
+        return ["mel", *(f"lstm{k + 1}" for k in range(self.lstm.num_layers))]
+
+    def layer_dims(self) -> list[int]:
+        return [self.mel_fbank.shape[1], *([self.lstm.hidden_size] * self.lstm.num_layers)]
 
     def embed(self, wav: Tensor) -> Tensor:
         """(B, S) -> (B, 256): one partial per row (volume-normalised per row)."""
@@ -181,22 +208,26 @@ class GE2EBackbone(Backbone):
             raise ImportError("backbone.vad_trim=true uses resemblyzer's webrtcvad trimming: pip install resemblyzer") from e
         return torch.from_numpy(trim_long_silences(wav.detach().cpu().numpy().astype("float32"))).to(wav.device)
 
+    def _utterance_partials(self, w: Tensor) -> tuple[Tensor, list[int], int]:
+        """Resemblyzer's preparation of one whole utterance: (mel of the padded clip, partial starts, valid frames)."""
+        w = w.reshape(-1).float()
+        if self.do_normalize_volume:
+            w = normalize_volume(w.unsqueeze(0), self.target_dbfs)[0]
+        if self.vad_trim:
+            w = self._trim_silences(w)
+        n = w.shape[0]
+        starts = self.partial_slices(n)
+        stop = (starts[-1] + self.partial_frames) * self.hop
+        mel = self.mel(F.pad(w, (0, max(0, stop - n))).unsqueeze(0))[0]
+        return mel, starts, 1 + n // self.hop
+
     @torch.no_grad()
     def embed_utterances(self, wavs: list[Tensor], max_windows_per_batch: int = 256) -> tuple[Tensor, int]:
         """Resemblyzer's partial-utterance averaging; returns ((N, 256), clips shorter than one partial)."""
         windows, owners, n_padded = [], [], 0
-        window_samples = self.partial_frames * self.hop
         for i, w in enumerate(wavs):
-            w = w.reshape(-1).float()
-            if self.do_normalize_volume:
-                w = normalize_volume(w.unsqueeze(0), self.target_dbfs)[0]
-            if self.vad_trim:
-                w = self._trim_silences(w)
-            n = w.shape[0]
-            n_padded += int(n < window_samples)
-            starts = self.partial_slices(n)
-            stop = (starts[-1] + self.partial_frames) * self.hop
-            mel = self.mel(F.pad(w, (0, max(0, stop - n))).unsqueeze(0))[0]
+            mel, starts, n_valid = self._utterance_partials(w)
+            n_padded += int(n_valid < self.partial_frames + 1)
             windows.extend(mel[s : s + self.partial_frames] for s in starts)
             owners.extend([i] * len(starts))
         if not windows:
@@ -207,3 +238,27 @@ class GE2EBackbone(Backbone):
         owner = torch.tensor(owners, device=embs.device)
         summed = torch.zeros(len(wavs), embs.shape[1], dtype=embs.dtype, device=embs.device).index_add_(0, owner, embs)
         return F.normalize(summed, dim=1), n_padded
+
+    @torch.no_grad()
+    def layer_stats_utterances(self, wavs: list[Tensor], max_windows_per_batch: int = 256) -> tuple[Tensor, int]:
+        """Per clip, mean and std of every layer over the frames of its partials (those of `embed_utterances`).
+
+        Each partial runs through the LSTM on its own, as for the embedding; frames beyond the clip's end
+        (the zero padding of a last or only partial) are dropped, so a clip shorter than one partial gives
+        exactly the statistics of `layers(clip)`. Frames in the overlap of two partials count once per partial.
+        """
+        windows, owners, valid, n_short = [], [], [], 0
+        for i, w in enumerate(wavs):
+            mel, starts, n_valid = self._utterance_partials(w)
+            n_short += int(n_valid < self.partial_frames + 1)
+            windows.extend(mel[s : s + self.partial_frames] for s in starts)
+            owners.extend([i] * len(starts))
+            valid.extend(min(self.partial_frames, n_valid - s) for s in starts)
+        per_clip: list[list[list[Tensor]]] = [[] for _ in wavs]
+        if windows:
+            mels = torch.stack(windows)
+            for j in range(0, len(mels), max_windows_per_batch):
+                outs = self._layers_from_mel(mels[j : j + max_windows_per_batch])
+                for r in range(outs[0].shape[0]):
+                    per_clip[owners[j + r]].append([o[r, : valid[j + r]] for o in outs])
+        return pool_layer_stats(per_clip), n_short
