@@ -10,6 +10,7 @@ from utils.compose import compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
 SPEAKER_OBJECTIVES = {"lightning_modules.triplet_speaker.TripletSpeakerModule"}
+SUPERVISED_SER = {"lightning_modules.ser_finetune.SERFinetuneModule"}  # selects on its own classifier's val UA
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -18,6 +19,10 @@ def test_each_experiment_selects_on_its_objectives_target(experiment, tmp_path):
     checkpoint = cfg.callbacks.model_checkpoint
     if cfg.model._target_ in SPEAKER_OBJECTIVES:
         assert (checkpoint.monitor, checkpoint.mode, cfg.optimized_metric) == ("val/eer", "min", "val/eer")
+    elif cfg.model._target_ in SUPERVISED_SER:
+        assert (checkpoint.monitor, checkpoint.mode, cfg.optimized_metric) == ("val/ua", "max", "val/ua")
+        assert cfg.callbacks.early_stopping.monitor == "val/ua" and cfg.callbacks.early_stopping.mode == "max"
+        assert cfg.data.val_speakers and cfg.data.val_label_field
     else:  # every emotion objective, present and future
         assert (checkpoint.monitor, checkpoint.mode, cfg.optimized_metric) == ("val/probe_ua", "max", "val/probe_ua")
         assert checkpoint.every_n_epochs == cfg.model.probe_every_n_epochs  # the probe runs when selection looks

@@ -1,0 +1,421 @@
+"""Objective: supervised SER training on the shared backbone (`experiment=ser_finetune`).
+
+The encoder (any backbone, optionally warm-started from any objective's checkpoint with `init_from`)
+feeds a layer-weighted pooling and a small classifier:
+
+1. every layer the backbone exposes (`backbone.layers(wav)`, a list of (B, T, D_i); a backbone without
+   it contributes its `frames`) is pooled over time (`stats`: mean, or mean and std), layer-normalised
+   and projected to `pooled_dim` (layers differ in width and scale: GE2E's mel power vs its LSTM
+   outputs), then summed with softmax weights over layers (s3prl's featurizer idea, weights learned and
+   logged as `train/layer_weight_<layer name>`); `pooling=embedding` uses the final embedding instead;
+2. an MLP (`classifier_hidden` units, 0 = linear) gives class logits;
+3. the loss is cross-entropy with class weights n / (C * n_c) from the training part's label counts
+   (`class_weights=balanced`, sklearn's "balanced"; `none` = unweighted).
+
+Freezing (`freeze`): `all` = the encoder is fixed (no gradient, eval mode: a probe with a learned layer
+mix); `none` = everything trains; `partial` = the first `freeze_stages` encoder stages are fixed. The
+stages, bottom to top (`encoder_stages`): GE2E: mel (no weights), LSTM layer 1, 2, 3, the embedding
+projection; DeepTalk: the DeepVOX filterbank, the reference encoder's convolutions (with their batch
+norms, kept in eval mode when frozen), its GRU, the style-token layer; the context encoder: its front end,
+the input projection, then each transformer block; any other backbone: its top-level submodules in
+order, or the `(name, [parameter name prefixes])` list its `freeze_stages_spec()` returns.
+
+The encoder learns at `lr` and the pooling and classifier at `head_lr` (they start from scratch).
+Validation scores the validation speakers' whole clips (`val/ua`: mean recall over the classes present,
+what evaluate.py calls UA; `val/wa`; `val/loss`): experiments select the checkpoint and stop early on
+`val/ua`. Whole clips are cut into `window_seconds` windows (default: the training crop) every half
+window; their pooled layer statistics are averaged and classified once.
+
+The predict.py SER checkpoint interface (docs/predict.md): `class_names` is a hyper-parameter (filled
+from the datamodule at fit time) and `predict_proba(wavs)` returns (N, C) probabilities.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.functional.classification import multiclass_recall
+
+from lightning_modules.backbones.base import Backbone
+from lightning_modules.embedding_module import EmbeddingModule
+
+log = logging.getLogger(__name__)
+
+FREEZE_MODES = ("all", "partial", "none")
+POOLINGS = ("layers", "embedding")
+STATS = ("mean", "mean_std")
+CLASS_WEIGHTS = ("balanced", "none")
+
+
+# ----- pieces the tests check on their own -----
+def class_weights_from_counts(counts: Sequence[int]) -> Tensor:
+    """sklearn's "balanced" weights n / (C * n_c) over the C classes that have clips; 0 for absent ones."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or (counts < 0).any() or counts.sum() <= 0:
+        raise ValueError(f"class counts must be non-negative with at least one clip, got {counts.tolist()}")
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def unweighted_accuracy(pred: Tensor, target: Tensor, num_classes: int) -> float:
+    """Mean recall over the classes present in `target` (sklearn's balanced accuracy, evaluate.py's UA).
+    torchmetrics' macro recall also averages classes that are only predicted, so it is taken per class."""
+    recall = multiclass_recall(pred, target, num_classes=num_classes, average="none")
+    present = torch.bincount(target, minlength=num_classes) > 0
+    return float(recall[present].mean())
+
+
+def _stage_prefixes(backbone: Backbone) -> list[tuple[str, list[str]]]:
+    """(stage name, parameter-name prefixes) bottom to top; see the module docstring."""
+    from lightning_modules.backbones.context_encoder import ContextEncoderBackbone
+    from lightning_modules.backbones.deeptalk import DeepTalkBackbone
+    from lightning_modules.backbones.ge2e import GE2EBackbone
+
+    spec = getattr(backbone, "freeze_stages_spec", None)
+    if callable(spec):
+        return [(str(n), list(p)) for n, p in spec()]
+    if isinstance(backbone, GE2EBackbone):
+        layers = [(f"lstm layer {i + 1}", [f"lstm.weight_ih_l{i}", f"lstm.weight_hh_l{i}", f"lstm.bias_ih_l{i}",
+                                           f"lstm.bias_hh_l{i}"]) for i in range(backbone.lstm.num_layers)]
+        return [("mel", []), *layers, ("embedding projection", ["linear."])]
+    if isinstance(backbone, DeepTalkBackbone):
+        return [("filterbank", ["filterbank."]),
+                ("reference convolutions", ["reference_encoder.convs.", "reference_encoder.bns."]),
+                ("reference GRU", ["reference_encoder.gru."]), ("style tokens", ["style_tokens."])]
+    if isinstance(backbone, ContextEncoderBackbone):
+        blocks = [(f"block {i + 1}", [f"context.blocks.{i}."]) for i in range(len(backbone.context.blocks))]
+        return [("front end", ["front_end."]),
+                ("input projection", ["feature_norm.", "feature_proj.", "context.mask_embedding",
+                                      "context.positional.", "context.extra_tokens", "context.input_norm.",
+                                      "context.alibi_scale"]), *blocks, ("final norm", ["context.final_norm."])]
+    return [(name, [f"{name}."]) for name, _ in backbone.named_children()]
+
+
+def encoder_stages(backbone: Backbone) -> list[tuple[str, list[str]]]:
+    """(stage name, its parameter names) bottom to top; every parameter is in exactly one stage."""
+    names = [n for n, _ in backbone.named_parameters()]
+    stages, taken = [], set()
+    for stage, prefixes in _stage_prefixes(backbone):
+        mine = [n for n in names if n not in taken and any(n == p or n.startswith(p) for p in prefixes)]
+        taken.update(mine)
+        stages.append((stage, mine))
+    left = [n for n in names if n not in taken]
+    if left:
+        stages.append(("other", left))
+    return stages
+
+
+class LayerWeightedPooling(nn.Module):
+    """Per-layer time statistics -> LayerNorm -> Linear(pooled_dim), summed with softmax weights."""
+
+    def __init__(self, layer_dims: Sequence[int], pooled_dim: int, stats: str = "mean"):
+        super().__init__()
+        if stats not in STATS:
+            raise ValueError(f"model.stats={stats!r}: expected one of {STATS}")
+        self.stats = stats
+        k = 2 if stats == "mean_std" else 1
+        self.norms = nn.ModuleList(nn.LayerNorm(d * k) for d in layer_dims)
+        self.projections = nn.ModuleList(nn.Linear(d * k, pooled_dim) for d in layer_dims)
+        self.layer_logits = nn.Parameter(torch.zeros(len(layer_dims)))
+
+    def time_stats(self, layers: Sequence[Tensor]) -> list[Tensor]:
+        """[(B, T_i, D_i)] or [(B, D_i)] (already pooled) -> [(B, k * D_i)]."""
+        out = []
+        for x in layers:
+            x = x.float()
+            if x.dim() == 2:
+                out.append(torch.cat([x, torch.zeros_like(x)], -1) if self.stats == "mean_std" else x)
+            elif self.stats == "mean":
+                out.append(x.mean(1))
+            else:
+                out.append(torch.cat([x.mean(1), x.std(1, unbiased=False)], -1))
+        return out
+
+    @property
+    def weights(self) -> Tensor:
+        return self.layer_logits.softmax(0)
+
+    def forward(self, pooled: Sequence[Tensor]) -> Tensor:
+        if len(pooled) != len(self.projections):
+            raise ValueError(f"LayerWeightedPooling: {len(pooled)} layers, built for {len(self.projections)}")
+        w = self.weights
+        return sum(w[i] * proj(norm(p)) for i, (p, norm, proj) in enumerate(zip(pooled, self.norms, self.projections)))
+
+
+class SERFinetuneModule(EmbeddingModule):
+    """class_names: the classes, in output order (null: the datamodule's `class_names`, at fit time).
+    freeze: all | partial | none; freeze_stages: encoder stages fixed under `partial`.
+    pooling: layers | embedding; stats: mean | mean_std (per layer, over time); pooled_dim: width of the
+        pooled representation; classifier_hidden: hidden units of the classifier (0 = linear); dropout.
+    class_weights: balanced (from the training part's counts) | none.
+    lr: the encoder's learning rate; head_lr: the pooling's and classifier's.
+    window_seconds: window length for whole clips (null: the backbone's window).
+    All EmbeddingModule options apply as well (init_from, weight_decay, scheduler, warmup_steps, ...).
+    """
+
+    def __init__(self, backbone: Backbone | Mapping[str, Any], class_names: Sequence[str] | None = None,
+                 freeze: str = "partial", freeze_stages: int = 2, pooling: str = "layers", stats: str = "mean_std",
+                 pooled_dim: int = 256, classifier_hidden: int = 128, dropout: float = 0.2,
+                 class_weights: str = "balanced", head_lr: float = 1e-3, window_seconds: float | None = None,
+                 max_windows_per_batch: int = 64, **kwargs):
+        kwargs.setdefault("probe_every_n_epochs", 0)  # its own classifier is scored instead of a probe
+        super().__init__(backbone, **kwargs)
+        self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, Backbone) else [])
+        if freeze not in FREEZE_MODES:
+            raise ValueError(f"model.freeze={freeze!r}: expected one of {FREEZE_MODES}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"model.pooling={pooling!r}: expected one of {POOLINGS}")
+        if class_weights not in CLASS_WEIGHTS:
+            raise ValueError(f"model.class_weights={class_weights!r}: expected one of {CLASS_WEIGHTS}")
+        if not head_lr > 0:
+            raise ValueError(f"model.head_lr={head_lr}: expected > 0")
+        if window_seconds is not None and not window_seconds > 0:
+            raise ValueError(f"model.window_seconds={window_seconds}: expected > 0 or null")
+        stages = encoder_stages(self.backbone)
+        if freeze == "partial" and not 0 < int(freeze_stages) <= len(stages):
+            raise ValueError(f"model.freeze_stages={freeze_stages}: expected 1..{len(stages)} for this backbone "
+                             f"(stages: {[s for s, _ in stages]})")
+        self.frozen_parameters = self._apply_freeze(stages)
+        self.pooling = LayerWeightedPooling(self._layer_dims(), pooled_dim, stats)
+        self.classifier: nn.Module | None = None
+        if class_names:
+            self._build_classifier([str(c) for c in class_names])
+        self.train_class_counts: list[int] | None = None
+        self._val_rows: list[dict[str, Tensor]] = []
+
+    # ----- construction -----
+    def _apply_freeze(self, stages: list[tuple[str, list[str]]]) -> list[str]:
+        h = self.hparams
+        if h.freeze == "none":
+            return []
+        names = [n for _, ps in (stages if h.freeze == "all" else stages[: int(h.freeze_stages)]) for n in ps]
+        params = dict(self.backbone.named_parameters())
+        for n in names:
+            params[n].requires_grad_(False)
+        log.info("ser_finetune: freeze=%s: %d of %d encoder tensors fixed (%s)", h.freeze, len(names), len(params),
+                 ", ".join(s for s, _ in (stages if h.freeze == "all" else stages[: int(h.freeze_stages)])))
+        return names
+
+    @torch.no_grad()
+    def _layer_dims(self) -> list[int]:
+        was = self.backbone.training
+        self.backbone.eval()
+        try:
+            probe = torch.zeros(1, int(round(self._window_seconds() * self.backbone.sample_rate)))
+            return [int(x.shape[-1]) for x in self.encoder_outputs(probe)]
+        finally:
+            self.backbone.train(was)
+
+    def _build_classifier(self, class_names: list[str]) -> None:
+        h = self.hparams
+        n = len(class_names)
+        if n < 2:
+            raise ValueError(f"model.class_names={class_names}: expected at least 2 classes")
+        hidden = int(h.classifier_hidden)
+        layers: list[nn.Module] = [nn.Dropout(h.dropout)]
+        if hidden > 0:
+            layers += [nn.Linear(h.pooled_dim, hidden), nn.ReLU(), nn.Dropout(h.dropout), nn.Linear(hidden, n)]
+        else:
+            layers.append(nn.Linear(h.pooled_dim, n))
+        self.classifier = nn.Sequential(*layers)
+        self.register_buffer("class_weights", torch.ones(n))
+        self.hparams.class_names = list(class_names)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage != "fit" or dm is None:
+            return
+        names = getattr(dm, "class_names", None)
+        if not names:
+            raise ValueError(f"ser_finetune trains on emotion labels: the datamodule ({type(dm).__name__}) has no "
+                             "class_names; use data._target_=datamodules.emotion_datamodule.EmotionDataModule "
+                             "(experiment=ser_finetune sets it)")
+        if self.classifier is None:
+            self._build_classifier(list(names))
+        elif list(self.hparams.class_names) != list(names):
+            raise ValueError(f"model.class_names={list(self.hparams.class_names)} but the datamodule's classes are "
+                             f"{list(names)} (data.classes): they must be the same, in the same order")
+        counts = [int(c) for c in dm.train_class_counts()]
+        self.train_class_counts = counts
+        if self.hparams.class_weights == "balanced":
+            self.class_weights.copy_(class_weights_from_counts(counts).to(self.class_weights.device))
+        missing = [c for c, n in zip(names, counts) if n == 0]
+        if missing:
+            log.warning("ser_finetune: no training clip of class(es) %s in this training part", missing)
+        log.info("ser_finetune: training counts %s, class weights %s", dict(zip(names, counts)),
+                 [round(float(w), 3) for w in self.class_weights])
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode (batch-norm statistics and dropout of a fixed encoder do not move)."""
+        super().train(mode)
+        if mode and self.hparams.freeze == "all":
+            self.backbone.eval()
+        elif mode and self.hparams.freeze == "partial":
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                    m.eval()
+        return self
+
+    # ----- forward -----
+    def _window_seconds(self) -> float:
+        w = self.hparams.window_seconds
+        return float(w) if w is not None else float(self.backbone.window_seconds)
+
+    def encoder_outputs(self, wav: Tensor) -> list[Tensor]:
+        """What the pooling reads: every layer (B, T, D_i), or the final embedding [(B, E)]."""
+        if self.hparams.pooling == "embedding":
+            return [self.backbone.embed(wav)]
+        layers = getattr(self.backbone, "layers", None)
+        return list(layers(wav)) if callable(layers) else [self.backbone.frames(wav)]
+
+    def pooled_stats(self, wav: Tensor) -> list[Tensor]:
+        """(B, S) crops -> per-layer time statistics [(B, k * D_i)]; no encoder graph when it is frozen."""
+        if self.hparams.freeze == "all":
+            with torch.no_grad():
+                return [s.detach() for s in self.pooling.time_stats(self.encoder_outputs(wav))]
+        return self.pooling.time_stats(self.encoder_outputs(wav))
+
+    def logits_from_stats(self, stats: Sequence[Tensor]) -> Tensor:
+        if self.classifier is None:
+            raise RuntimeError("SERFinetuneModule: no classifier yet; it is built from model.class_names or, at fit "
+                               "time, from the datamodule's class_names")
+        return self.classifier(self.pooling(stats)).float()
+
+    def forward(self, wav: Tensor) -> Tensor:
+        """(B, S) crops -> (B, C) logits."""
+        return self.logits_from_stats(self.pooled_stats(wav))
+
+    def _split(self, wav: Tensor) -> Tensor:
+        """1-D clip -> (n, window) windows every half window, the last flush with the end; short clips padded."""
+        win = int(round(self._window_seconds() * self.backbone.sample_rate))
+        hop = max(1, win // 2)
+        wav = wav.reshape(-1)
+        n = wav.shape[0]
+        if n <= win:
+            return F.pad(wav, (0, win - n)).unsqueeze(0)
+        starts = list(range(0, n - win + 1, hop))
+        if starts[-1] != n - win:
+            starts.append(n - win)
+        return torch.stack([wav[s: s + win] for s in starts])
+
+    def clip_logits(self, wavs: Sequence[Tensor]) -> Tensor:
+        """(N, C) logits of N variable-length 1-D clips: window statistics averaged per clip, classified once."""
+        device = self.class_weights.device if self.classifier is not None else next(self.parameters()).device
+        windows, owners = [], []
+        for i, w in enumerate(wavs):
+            pieces = self._split(w.to(device).float())
+            windows.append(pieces)
+            owners += [i] * len(pieces)
+        if not windows:
+            return torch.zeros(0, len(self.hparams.class_names or []))
+        windows_t = torch.cat(windows)
+        owner = torch.tensor(owners, device=device)
+        step = int(self.hparams.max_windows_per_batch)
+        chunks = [self.pooling.time_stats(self.encoder_outputs(windows_t[j: j + step]))
+                  for j in range(0, len(windows_t), step)]
+        count = torch.bincount(owner, minlength=len(wavs)).clamp_min(1).unsqueeze(1).float()
+        stats = []
+        for layer in range(len(chunks[0])):
+            values = torch.cat([c[layer] for c in chunks])
+            summed = torch.zeros(len(wavs), values.shape[1], device=device).index_add_(0, owner, values)
+            stats.append(summed / count)
+        return self.logits_from_stats(stats)
+
+    @torch.no_grad()
+    def predict_proba(self, wavs: Sequence[Tensor]) -> Tensor:
+        """(N, C) class probabilities (rows sum to 1) of N variable-length 1-D waveforms (docs/predict.md)."""
+        was = self.training
+        self.eval()
+        try:
+            return self.clip_logits(list(wavs)).float().softmax(-1)
+        finally:
+            self.train(was)
+
+    def layer_names(self) -> list[str]:
+        """Names of the pooled layers (the backbone's `layer_names()` where it has one for them)."""
+        if self.hparams.pooling == "embedding":
+            return ["embedding"]
+        n = len(self.pooling.projections)
+        names = list(getattr(self.backbone, "layer_names", lambda: [])())
+        return names if len(names) == n else [f"layer{i + 1}" for i in range(n)]
+
+    def layer_weight_table(self) -> dict[str, float]:
+        """{layer name: softmax weight}, as evaluate.py's weighted-layer probe reports them."""
+        return dict(zip(self.layer_names(), (float(w) for w in self.pooling.weights.detach()), strict=True))
+
+    # ----- training -----
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        if "emotion" not in batch:
+            raise KeyError("ser_finetune: training batches carry no `emotion`; use data._target_="
+                           "datamodules.emotion_datamodule.EmotionDataModule (experiment=ser_finetune sets it)")
+        target = batch["emotion"].long()
+        logits = self(batch["wav"])
+        weight = self.class_weights if self.hparams.class_weights == "balanced" else None
+        loss = F.cross_entropy(logits, target, weight=weight, ignore_index=-1)
+        n = len(target)
+        with torch.no_grad():
+            acc = (logits.argmax(1) == target).float().mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/acc", acc, batch_size=n)
+        for name, w in self.layer_weight_table().items():
+            self.log(f"train/layer_weight_{name}", w, batch_size=n)
+        return loss
+
+    def optimizer_param_groups(self) -> list[dict]:
+        encoder = [p for p in self.backbone.parameters() if p.requires_grad]
+        ids = {id(p) for p in encoder}
+        head = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": encoder}, {"params": head, "lr": float(self.hparams.head_lr)}]
+
+    # ----- validation: the classifier itself on the validation speakers' whole clips -----
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self.clip_logits(batch["wavs"]).float().cpu()
+        n = len(logits)
+        target = batch["emotion"].cpu() if "emotion" in batch else torch.full((n,), -1, dtype=torch.long)
+        self._val_rows.append({"logits": logits, "emotion": target, "index": batch["index"].cpu()})
+
+    def on_validation_epoch_end(self) -> None:
+        rows = self._val_rows
+        self._val_rows = []
+        n_classes = len(self.hparams.class_names or [])
+        if rows:
+            cat = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+        else:
+            cat = {"logits": torch.zeros(0, n_classes), "emotion": torch.zeros(0, dtype=torch.long),
+                   "index": torch.zeros(0, dtype=torch.long)}
+        if self.trainer.world_size > 1:  # every rank gathers the same rows, so every rank logs the same values
+            cat = {k: self._all_gather_rows(v) for k, v in cat.items()}
+        if self.trainer.sanity_checking or not len(cat["index"]):
+            return
+        _, first = np.unique(cat["index"].numpy(), return_index=True)  # DistributedSampler pads with repeats
+        logits, target = cat["logits"][first], cat["emotion"][first]
+        labelled = target >= 0
+        if not labelled.any():
+            log.warning("ser_finetune: no labelled validation clip: val/ua is not computed")
+            return
+        logits, target = logits[labelled], target[labelled]
+        pred = logits.argmax(1)
+        metrics = {"val/ua": unweighted_accuracy(pred, target, n_classes),
+                   "val/wa": float((pred == target).float().mean()),
+                   "val/loss": float(F.cross_entropy(logits, target)),
+                   "val/clips": float(len(target))}
+        for name, value in metrics.items():
+            self.log(name, value, prog_bar=name == "val/ua", sync_dist=False)
+
+    # ----- checkpoints -----
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # The warm start is already in the weights (and its speakers in seen_speakers): rebuilding the module
+        # from the checkpoint must not read that file again (it may have moved); where it came from is kept.
+        hp = checkpoint.get("hyper_parameters")
+        if hp is not None and hp.get("init_from"):
+            checkpoint["warm_started_from"] = hp["init_from"]
+            checkpoint["hyper_parameters"] = {**hp, "init_from": None}
+        checkpoint["train_class_counts"] = self.train_class_counts
