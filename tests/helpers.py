@@ -111,8 +111,11 @@ class RankRecorder(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         rank = trainer.global_rank
+        report = next((cb for cb in trainer.callbacks if hasattr(cb, "global_batch")), None)  # BatchSizeReport
+        sizes = None if report is None else [report.per_process, report.global_batch]
         (self.out_dir / f"rank{rank}.json").write_text(json.dumps({"batches": self.batches, "val": self.val,
-                                                                   "world_size": trainer.world_size}))
+                                                                   "world_size": trainer.world_size,
+                                                                   "batch_report": sizes}))
         torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, self.out_dir / f"rank{rank}.pt")
 
 

@@ -57,6 +57,7 @@ def test_ddp_simulated_on_two_cpu_processes(train_cfg_factory, tmp_path):
     for k in w0:
         assert torch.equal(w0[k], w1[k]), f"replicas differ in {k}"
     assert metrics["train/gathered_batch"] == 2 * (2 * 2 * 2)  # both ranks' P x C x K clips
+    assert r0["batch_report"] == r1["batch_report"] == [2 * 2 * 2, 2 * 2 * 2 * 2]  # per process vs per step
 
 
 def _callback(trainer, cls):
