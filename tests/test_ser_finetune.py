@@ -216,3 +216,29 @@ def test_predict_py_applies_its_checkpoint(protocol_run, tmp_path):
         expected = model.predict_proba([trim_silence(load_audio(p, 16000), 16000)])[0].numpy()
         np.testing.assert_allclose(probs, expected, atol=1e-5)
         assert row["predicted"] == CLASSES[int(expected.argmax())]
+
+
+def test_warm_start_carries_weights_and_provenance_and_the_checkpoint_does_not_reread_it(tmp_path):
+    from lightning_modules.embedding_module import load_embedding_module
+
+    tiny = {"_target_": "tests.helpers.TinyBackbone"}
+    source = SERFinetuneModule(tiny, class_names=CLASSES, freeze="none")
+    for p in source.backbone.parameters():
+        p.data.normal_()
+    init = tmp_path / "pretrained.ckpt"
+    torch.save({"state_dict": source.state_dict(), "seen_speakers": ["synthetic:spk001"]}, init)
+    model = SERFinetuneModule(tiny, class_names=CLASSES, freeze="none", init_from=str(init))
+    for (name, p), q in zip(model.backbone.named_parameters(), source.backbone.parameters()):
+        assert torch.equal(p, q), name
+    assert "synthetic:spk001" in model.seen_speakers
+    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(ckpt)
+    assert ckpt["hyper_parameters"]["init_from"] is None and ckpt["warm_started_from"] == str(init)
+    assert model.hparams.init_from == str(init)  # the live module is untouched
+    path = tmp_path / "ser.ckpt"
+    torch.save(ckpt, path)
+    init.unlink()  # a moved or deleted warm-start file must not break loading (predict.py)
+    loaded = load_embedding_module(str(path))
+    wav = [0.1 * torch.randn(16000)]
+    torch.testing.assert_close(loaded.predict_proba(wav), model.predict_proba(wav))
+    assert "synthetic:spk001" in loaded.seen_speakers
