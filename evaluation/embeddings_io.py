@@ -22,6 +22,10 @@ _OPTIONAL = ("split", "session", "utt_id")
 # Where the embeddings came from (which speakers shaped the encoder, the corpus report): one JSON
 # string in the .npz, so a later re-fit from the file is checked like an extraction.
 PROVENANCE_KEY = "provenance"
+# What the columns are (evaluation/layer_features.py): {"output": "embedding" | "layer_stats", ...}; one
+# JSON string too. Files without it (older extractions) hold final embeddings.
+FEATURES_KEY = "features"
+_METADATA = (PROVENANCE_KEY, FEATURES_KEY)
 
 
 def _as_str_array(values, name: str) -> np.ndarray:
@@ -48,7 +52,8 @@ class EmbeddingSet:
     `emotion` ints are kept as their decimal strings ("0", "1", ...) so labels have one type.
     `speaker_unknown` (bool, optional): rows whose real speaker is unknown (their speaker id is a
     per-clip placeholder), which the protocols never test. `provenance` (not a per-row array): where
-    the embeddings came from, see `evaluation.provenance`.
+    the embeddings came from, see `evaluation.provenance`. `features` (not a per-row array either):
+    what the columns are, see `evaluation.layer_features` (None: final embeddings).
     """
 
     embeddings: np.ndarray
@@ -59,6 +64,7 @@ class EmbeddingSet:
     utt_id: Optional[np.ndarray] = None
     speaker_unknown: Optional[np.ndarray] = None
     provenance: Optional[dict] = field(default=None, compare=False)
+    features: Optional[dict] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
@@ -84,7 +90,7 @@ class EmbeddingSet:
     def arrays(self) -> dict[str, np.ndarray]:
         """The present per-row arrays by field name (absent optional fields left out)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name != PROVENANCE_KEY and getattr(self, f.name) is not None}
+                if f.name not in _METADATA and getattr(self, f.name) is not None}
 
     def unknown_speaker_mask(self) -> np.ndarray:
         """Rows whose real speaker is unknown (all False when the set has no such flag)."""
@@ -92,7 +98,8 @@ class EmbeddingSet:
 
     def subset(self, idx) -> "EmbeddingSet":
         idx = np.asarray(idx)
-        return EmbeddingSet(**{name: arr[idx] for name, arr in self.arrays().items()}, provenance=self.provenance)
+        return EmbeddingSet(**{name: arr[idx] for name, arr in self.arrays().items()}, provenance=self.provenance,
+                            features=self.features)
 
     def validate(self) -> "EmbeddingSet":
         """Raise ValueError naming the offending array/rows; returns self so calls can chain."""
@@ -119,6 +126,9 @@ class EmbeddingSet:
         empty_emo = np.flatnonzero(np.char.str_len(np.char.strip(self.emotion)) == 0)
         if empty_emo.size:
             raise ValueError(f"EmbeddingSet.emotion is empty for {empty_emo.size} row(s), e.g. rows {empty_emo[:10].tolist()}")
+        from evaluation.layer_features import check_columns
+
+        check_columns(self.features, self.embeddings.shape[1], "EmbeddingSet.features")
         if self.split is not None:
             unknown = sorted(set(self.split.tolist()) - set(VALID_SPLITS))
             if unknown:
@@ -133,8 +143,10 @@ def save_npz(emb_set: EmbeddingSet, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     arrays = dict(emb_set.arrays())
-    if emb_set.provenance is not None:
-        arrays[PROVENANCE_KEY] = np.array(json.dumps(emb_set.provenance, sort_keys=True, default=str))
+    for key in _METADATA:
+        value = getattr(emb_set, key)
+        if value is not None:
+            arrays[key] = np.array(json.dumps(value, sort_keys=True, default=str))
     with open(tmp, "wb") as f:  # a file handle stops numpy from appending ".npz"
         np.savez(f, **arrays)
     tmp.replace(path)
@@ -157,17 +169,19 @@ def load_npz(path: str | Path) -> EmbeddingSet:
     unknown = sorted(set(arrays) - allowed)
     if unknown:
         raise ValueError(f"{path}: unknown array(s) {unknown}; expected a subset of {sorted(allowed)}")
-    provenance = None
-    if PROVENANCE_KEY in arrays:
-        raw = arrays.pop(PROVENANCE_KEY)
+    metadata: dict = {}
+    for key in _METADATA:
+        if key not in arrays:
+            continue
+        raw = arrays.pop(key)
         try:
-            provenance = json.loads(str(raw.item()) if raw.ndim == 0 else "")
+            metadata[key] = json.loads(str(raw.item()) if raw.ndim == 0 else "")
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: array '{PROVENANCE_KEY}' must hold one JSON string ({e})") from e
-        if not isinstance(provenance, dict):
-            raise ValueError(f"{path}: array '{PROVENANCE_KEY}' must hold a JSON object, got {type(provenance).__name__}")
+            raise ValueError(f"{path}: array '{key}' must hold one JSON string ({e})") from e
+        if not isinstance(metadata[key], dict):
+            raise ValueError(f"{path}: array '{key}' must hold a JSON object, got {type(metadata[key]).__name__}")
     try:
-        return EmbeddingSet(**arrays, provenance=provenance).validate()
+        return EmbeddingSet(**arrays, **metadata).validate()
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
 

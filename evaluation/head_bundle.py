@@ -7,7 +7,8 @@ evaluate.py writes it (`<run>/model/`), predict.py reads it. Layout:
                              + SHA-256 of its weights), the audio pipeline (sample rate, trimming,
                              loudness normalisation, the quality policy of the evaluated corpus), the
                              feature type (`features.output`, a `lightning_modules.clip_embedding`
-                             output: today "embedding"), the class order, and per head its file, classes
+                             output: "embedding" or "layer_stats" with the layers kept and all the
+                             backbone's, evaluation/layer_features.py), the class order, and per head its file, classes
                              and the cross-validated figures of the same head type
     model/heads/<name>.skops each fitted head, serialised with skops (no pickle)
 
@@ -58,9 +59,9 @@ def _trusted_classes() -> tuple[type, ...]:
     from sklearn.preprocessing import LabelEncoder, StandardScaler
     from sklearn.svm import SVC, LinearSVC
 
-    from evaluation.heads import DetectionHead, LinearProbeHead, SadFirstHead, SVMHead
+    from evaluation.heads import DetectionHead, LinearProbeHead, SadFirstHead, SVMHead, WeightedLayersHead
 
-    return (SVMHead, SadFirstHead, LinearProbeHead, DetectionHead, Pipeline, StandardScaler, LogisticRegression,
+    return (SVMHead, SadFirstHead, LinearProbeHead, DetectionHead, WeightedLayersHead, Pipeline, StandardScaler, LogisticRegression,
             SVC, LinearSVC, RidgeClassifier, Nystroem, CalibratedClassifierCV, _CalibratedClassifier,
             _SigmoidCalibration, LabelEncoder)
 

@@ -1,5 +1,6 @@
 """Classifier heads fitted on frozen embeddings: the paper's RBF SVM, its Sad-first hierarchy,
-a linear probe and a neutral-vs-emotional detector.
+a linear probe, a neutral-vs-emotional detector, and (features=layer_stats only) a linear probe
+over a learnt softmax-weighted combination of the encoder's layers.
 
 All heads are sklearn estimators (`fit(X, y, groups=None)`, `predict`, clonable via get_params),
 so sklearn's model selection tools work on them. Every head also says which labels it is scored
@@ -358,11 +359,117 @@ class DetectionHead(LinearProbeHead):
         return super().fit(X, self.scoring_labels(y), groups)
 
 
+class WeightedLayersHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
+    """Linear probe over a learnt softmax-weighted combination of layers (s3prl's featurizer idea).
+
+    Input: per-layer pooled features side by side (`features=layer_stats`: layer l's mean and std take
+    `layer_widths[l]` consecutive columns). Each column is standardised on the training rows, then
+
+        logits = sum_l softmax(a)_l * (x_l @ W_l) + b,
+
+    one linear map W_l per layer (the layers differ in width, so they cannot be summed as s3prl sums
+    equal-width hidden states), with sklearn's logistic objective: mean (class-weighted) cross-entropy
+    + ||W||^2 / (2 C n). The layer logits `a` are not penalised, so the L2 cost pushes the weights
+    towards the layers the probe uses (at the optimum softmax(a)_l grows with ||W_l||^(2/3)): the
+    learnt `layer_weights_` (summing to 1) say which layers carry the label. Fitted by full-batch
+    L-BFGS from a = 0 (equal weights), W = 0: deterministic, nothing random.
+
+    layer_widths: columns of each layer (evaluate.py passes them for features=layer_stats and refuses
+    the head for other features); None = all columns one layer (a standardised logistic probe).
+    """
+
+    def __init__(self, layer_widths: list[int] | None = None, layer_names: list[str] | None = None, C: float = 1.0,
+                 class_weight: str | dict | None = None, max_iter: int = 500, random_state: int = 0):
+        self.layer_widths = layer_widths
+        self.layer_names = layer_names
+        self.C = C
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def check_arguments(self) -> None:
+        if self.layer_widths is not None and not len(self.layer_widths):
+            raise ValueError("head 'weighted_layers': layer_widths=[] describes no layer")
+        if self.layer_widths is not None and any(int(w) < 1 for w in self.layer_widths):
+            raise ValueError(f"head 'weighted_layers': layer_widths must be positive, got {self.layer_widths}")
+        if self.layer_names is not None and len(self.layer_names) != len(self.layer_widths or [0]):
+            raise ValueError(f"head 'weighted_layers': {len(self.layer_names)} layer_names for "
+                             f"{len(self.layer_widths)} layer_widths")
+        if not float(self.C) > 0:
+            raise ValueError(f"head 'weighted_layers': C must be > 0, got {self.C}")
+
+    def fit(self, X, y, groups=None) -> "WeightedLayersHead":
+        import torch
+        from sklearn.utils.class_weight import compute_sample_weight
+
+        self.check_arguments()
+        X, y = _check_xy(X, y)
+        widths = [int(w) for w in self.layer_widths] if self.layer_widths is not None else [X.shape[1]]
+        if sum(widths) != X.shape[1]:
+            raise ValueError(f"head 'weighted_layers': layer_widths {widths} sum to {sum(widths)} columns, "
+                             f"the features have {X.shape[1]}")
+        self.scaler_ = StandardScaler().fit(X)
+        self.classes_, target = np.unique(y, return_inverse=True)
+        z = torch.from_numpy(self.scaler_.transform(X)).double()
+        t = torch.from_numpy(target)
+        w_rows = torch.from_numpy(compute_sample_weight(self.class_weight, y)).double() if self.class_weight else None
+        n, n_classes, n_layers = len(z), len(self.classes_), len(widths)
+        owner = torch.repeat_interleave(torch.arange(n_layers), torch.tensor(widths))  # column -> layer
+        coef = torch.zeros(z.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
+        bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+        layer_logits = torch.zeros(n_layers, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([coef, bias, layer_logits], max_iter=int(self.max_iter), line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-7, tolerance_change=1e-10)
+
+        def closure():
+            opt.zero_grad()
+            weights = layer_logits.softmax(0)[owner]
+            ce = torch.nn.functional.cross_entropy(z @ (coef * weights[:, None]) + bias, t, reduction="none")
+            loss = (ce * w_rows).sum() / n if w_rows is not None else ce.mean()
+            loss = loss + coef.square().sum() / (2.0 * float(self.C) * n)
+            loss.backward()
+            return loss
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny matrices: one thread, like the BLAS limit of run_heads (busy 2-core boxes)
+        try:
+            with torch.enable_grad():
+                opt.step(closure)
+        finally:
+            torch.set_num_threads(threads)
+        self.n_iter_ = int(opt.state[coef].get("n_iter", 0))
+        if self.n_iter_ >= int(self.max_iter):
+            log.warning("WeightedLayersHead: L-BFGS hit max_iter=%d without converging", self.max_iter)
+        with torch.no_grad():
+            weights = layer_logits.softmax(0)
+            self.layer_weights_ = weights.numpy().copy()
+            self.coef_ = (coef * weights[owner][:, None]).numpy().copy()  # effective map of the standardised columns
+            self.intercept_ = bias.numpy().copy()
+        return self
+
+    def layer_weight_table(self) -> dict[str, float]:
+        names = self.layer_names or [f"layer{i}" for i in range(len(self.layer_weights_))]
+        return {str(n): float(w) for n, w in zip(names, self.layer_weights_)}
+
+    def decision_function(self, X) -> np.ndarray:
+        return self.scaler_.transform(np.asarray(X)) @ self.coef_ + self.intercept_
+
+    def predict_proba(self, X) -> np.ndarray:
+        logits = self.decision_function(X)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.decision_function(X).argmax(axis=1)]
+
+
 HEADS: dict[str, type] = {
     "svm": SVMHead,
     "sad_first": SadFirstHead,
     "linear": LinearProbeHead,
     "detection": DetectionHead,
+    "weighted_layers": WeightedLayersHead,
 }
 
 

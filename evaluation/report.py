@@ -61,6 +61,15 @@ def print_notes(results: dict) -> None:
               "speakers; not a speaker-independent figure")
     elif leak.get("status") == "unknown":
         print(f"provenance unknown: {leak.get('note', '')}")
+    features = p.get("features") or {}
+    if features.get("output") == "layer_stats":
+        print(f"features: layer_stats (mean + std over time) of layers {[l['name'] for l in features['layers']]}, "
+              f"{features.get('dim')} columns" + (f"; {features['heads_note']}" if features.get("heads_note") else ""))
+    for h in head_names(results):
+        weights = results[h].get("layer_weights")
+        if weights:
+            print(f"{h}: learnt layer weights (mean ± std over folds): " + ", ".join(
+                f"{n} {weights['mean'][n]:.3f} ± {weights['std'][n]:.3f}" for n in weights["mean"]))
     interval = p.get("interval") or {}
     if interval:
         print(f"95% interval: {interval['method']} ({interval['n_scores']} fold scores, "

@@ -99,6 +99,8 @@ def _fit_fold_heads(k: int, fold: Fold, X: np.ndarray, y: np.ndarray, speakers: 
             entry["nystroem"] = True
         if hasattr(head, "best_params_"):
             entry["best_params"] = head.best_params_
+        if hasattr(head, "layer_weight_table"):
+            entry["layer_weights"] = head.layer_weight_table()
         out[name] = entry
     return out
 
@@ -145,6 +147,12 @@ def _summarize_head(fold_entries: list[dict], labels: list[str], plan: FoldPlan,
         ci = corrected_t_interval([f[key] for f in fold_entries], ratio, bounds=(0.0, 1.0))
         out[f"{key}_ci95"] = None if ci is None else [ci["low"], ci["high"]]
     out["n_scores"] = len(fold_entries)
+    if all("layer_weights" in f for f in fold_entries) and fold_entries:
+        names = list(fold_entries[0]["layer_weights"])
+        w = np.array([[f["layer_weights"][n] for n in names] for f in fold_entries])
+        out["layer_weights"] = {"mean": dict(zip(names, w.mean(0).tolist())), "std": dict(zip(names, w.std(0).tolist())),
+                                "note": "softmax layer weights learnt on each fold's training speakers; mean and std "
+                                        "over the fold scores"}
     if plan.repeats > 1:
         out["per_repeat"] = [{"repeat": r, **{k: float(np.mean([f[k] for f in fold_entries if f["repeat"] == r]))
                                               for k in SCALARS}} for r in range(plan.repeats)]
@@ -185,6 +193,7 @@ def run_evaluation(
     allow_transductive: bool = False,
     data_report: dict | None = None,
     plan: FoldPlan | None = None,
+    features: dict | None = None,
 ) -> dict:
     """Evaluate `heads` under `protocol`; return (and write to `out_dir` unless None) the results.
 
@@ -199,6 +208,8 @@ def run_evaluation(
         are refused unless allow_transductive, and then labelled TRANSDUCTIVE everywhere.
     data_report: the corpus report copied into results["data"] (the evaluation adds what it left out).
     plan: precomputed folds (e.g. to score two embedding sets on identical folds).
+    features: what the columns are (evaluation/layer_features.py; default: the set's own `features`,
+        else final embeddings), recorded in results["protocol"]["features"].
     n_jobs: folds fitted in parallel processes (joblib); results do not depend on it.
     blas_threads: BLAS threads while fitting (None = library default). 1 by default: these matrices
         are small, and multi-threaded OpenBLAS on a busy 2-core machine was measured ~10x slower
@@ -259,6 +270,9 @@ def run_evaluation(
         "blas_threads": blas_threads,
         "seconds": round(elapsed, 2),
     }
+    from evaluation.layer_features import embedding_description
+
+    protocol_block["features"] = dict(features or emb_set.features or embedding_description(X.shape[1]))
     protocol_block["labels"] = evaluation_labels(protocol_block)
     protocol_block["evaluation"] = "; ".join(protocol_block["labels"]) or "speaker-independent"
     data = dict(data_report or {})

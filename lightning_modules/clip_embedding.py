@@ -9,9 +9,14 @@ variable-length clip is cut into windows and averaged is the backbone's own rule
 `embed_records` runs `embed_clips` over a list of records through the datamodule's utterance loader,
 split across DDP ranks and gathered back in order.
 
-Extension point: `output` names what is computed per clip. Only "embedding" exists; per-layer
-statistics (a backbone's `layers(wav)`) are to be added as another entry of `CLIP_OUTPUTS`, a
-function `(backbone, wavs) -> (Tensor (N, ...), n_padded)`, with no change to any caller's path.
+Extension point: `output` names what is computed per clip (`CLIP_OUTPUTS`, each a function
+`(backbone, wavs) -> (Tensor (N, ...), n_padded)`), and `describe_output` says what its columns are
+(evaluation/layer_features.py):
+- "embedding": the final L2-normalised utterance embedding;
+- "layer_stats": per layer of `backbone.layers(wav)`, the mean then the std over time, over the same
+  windows the embedding uses (`Backbone.layer_stats_utterances`; GE2E: Resemblyzer's partials, the
+  padding past the clip's end left out; a clip shorter than one window is run as it is, unpadded).
+  Its `n_padded` counts those short clips.
 """
 from __future__ import annotations
 
@@ -31,8 +36,25 @@ def _final_embedding(backbone: Backbone, wavs: list[Tensor]) -> tuple[Tensor, in
     return backbone.embed_utterances(wavs)
 
 
+def _layer_stats(backbone: Backbone, wavs: list[Tensor]) -> tuple[Tensor, int]:
+    return backbone.layer_stats_utterances(wavs)
+
+
 # output name -> (backbone, list of 1-D waveforms) -> (per-clip values, number of zero-padded clips)
-CLIP_OUTPUTS: dict[str, Callable[[Backbone, list[Tensor]], tuple[Tensor, int]]] = {"embedding": _final_embedding}
+CLIP_OUTPUTS: dict[str, Callable[[Backbone, list[Tensor]], tuple[Tensor, int]]] = {
+    "embedding": _final_embedding, "layer_stats": _layer_stats}
+
+
+def describe_output(model: nn.Module, output: str = "embedding") -> dict:
+    """What the columns of `output` are for this backbone (stored with the features, read by heads and predict)."""
+    from evaluation.layer_features import embedding_description, layer_stats_description
+
+    if output not in CLIP_OUTPUTS:
+        raise ValueError(f"output={output!r}: expected one of {sorted(CLIP_OUTPUTS)}")
+    backbone = _backbone_of(model)
+    if output == "embedding":
+        return embedding_description(backbone.embedding_dim)
+    return layer_stats_description(backbone.layer_names(), backbone.layer_dims())
 
 
 @dataclass

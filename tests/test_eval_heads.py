@@ -126,7 +126,7 @@ def test_gamma_scale_matches_sklearn_rule():
 
 
 def test_make_head_rejects_unknown_names_and_arguments():
-    with pytest.raises(ValueError, match=r"unknown head 'svn'; available heads: \['detection', 'linear', 'sad_first', 'svm'\]"):
+    with pytest.raises(ValueError, match=r"unknown head 'svn'; available heads: \['detection', 'linear', 'sad_first', 'svm', 'weighted_layers'\]"):
         make_head("svn")
     with pytest.raises(ValueError, match=r"unknown argument\(s\) \['c'\].*'C'"):
         make_head("svm", c=10)

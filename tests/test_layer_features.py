@@ -3,6 +3,7 @@ layer selection, the softmax-weighted layer probe and evaluate.py on them."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +146,213 @@ def test_base_layer_stats_use_the_embedding_windows(deeptalk):
     assert n_short == 1 and stats.shape[1] == 2 * sum(deeptalk.layer_dims())
     assert torch.allclose(stats[0], _hand_stats(pooled), rtol=1e-4, atol=1e-5)
     assert torch.allclose(stats[1], _hand_stats(deeptalk.layers(short[None])), rtol=1e-4, atol=1e-5)
+
+
+# ----- choosing layers -----
+def test_features_layers_select_by_index_name_and_negative_index():
+    import numpy as np
+
+    from evaluation.layer_features import layer_columns, layer_stats_description, select_layers
+
+    d = layer_stats_description(["mel", "lstm1", "lstm2", "lstm3"], [2, 3, 3, 3])
+    assert layer_columns(d) == [(0, 4), (4, 10), (10, 16), (16, 22)]
+    X = np.arange(3 * 22, dtype=np.float32).reshape(3, 22)
+    sub, sd = select_layers(X, d, ["lstm3", 1])  # kept in the backbone's order, whatever the order given
+    assert [x["name"] for x in sd["layers"]] == ["lstm1", "lstm3"] and sd["dim"] == 12
+    assert np.array_equal(sub, np.concatenate([X[:, 4:10], X[:, 16:22]], axis=1))
+    assert np.array_equal(select_layers(X, d, [-1])[0], X[:, 16:22])
+    assert select_layers(X, d, None)[1]["layers"] == d["layers"]
+    with pytest.raises(ValueError, match=r"'lstm4' is not a layer of this backbone; layers \(index: name\): 0: mel"):
+        select_layers(X, d, ["lstm4"])
+    with pytest.raises(ValueError, match="index 4 is out of range for the 4 layers"):
+        select_layers(X, d, [4])
+    with pytest.raises(ValueError, match="names a layer twice"):
+        select_layers(X, d, [1, "lstm1"])
+    with pytest.raises(ValueError, match="make 22 columns, the matrix has 21"):
+        select_layers(X[:, :21], d, [0])
+
+
+def test_layer_stats_clip_output_matches_the_backbone_and_its_description(ge2e):
+    from lightning_modules.clip_embedding import describe_output, embed_clips
+
+    clips = [_speechlike(40000, seed=5)[0], _speechlike(9000, seed=6)[0]]
+    out = embed_clips(ge2e, clips, "layer_stats")
+    stats, n_short = ge2e.layer_stats_utterances(clips)
+    assert torch.equal(out.values, stats) and out.n_padded == n_short == 1
+    d = describe_output(ge2e, "layer_stats")
+    assert [x["name"] for x in d["layers"]] == ["mel", "lstm1", "lstm2", "lstm3"] and d["dim"] == out.values.shape[1]
+    assert describe_output(ge2e, "embedding") == {"output": "embedding", "dim": 256}
+
+
+# ----- the softmax-weighted layer probe -----
+def _one_informative_layer(n_speakers: int = 12, per_speaker: int = 24, informative: int = 2, seed: int = 0):
+    """Four 'layers' of 8 columns; only layer `informative` carries the label (others: speaker offsets + noise)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = n_speakers * per_speaker
+    y = np.tile(np.arange(per_speaker) % 4, n_speakers)
+    speakers = np.repeat(np.arange(n_speakers), per_speaker)
+    means = rng.normal(size=(4, 8)) * 1.5
+    layers = [rng.normal(size=(n, 8)) + rng.normal(size=(n_speakers, 8))[speakers] for _ in range(4)]
+    layers[informative] += means[y]
+    return np.concatenate(layers, axis=1), np.array(["angry", "happy", "neutral", "sad"])[y], speakers
+
+
+def test_weighted_layers_head_weights_sum_to_one_and_move_to_the_informative_layer():
+    import numpy as np
+
+    from evaluation.heads import make_head
+
+    X, y, speakers = _one_informative_layer()
+    train, test = speakers < 9, speakers >= 9
+    head = make_head("weighted_layers", layer_widths=[8, 8, 8, 8], layer_names=["a", "b", "c", "d"])
+    head.fit(X[train], y[train])
+    w = head.layer_weight_table()
+    assert list(w) == ["a", "b", "c", "d"] and sum(w.values()) == pytest.approx(1.0)
+    assert max(w, key=w.get) == "c" and w["c"] > 0.5  # from 0.25 each at the start
+    assert np.mean(head.predict(X[test]) == y[test]) > 0.6  # 4 classes: chance 0.25
+    p = head.predict_proba(X[test])
+    assert np.allclose(p.sum(1), 1) and np.array_equal(head.classes_[p.argmax(1)], head.predict(X[test]))
+    # the weights follow the label: move it to another layer and they move with it
+    X2, y2, _ = _one_informative_layer(informative=0, seed=1)
+    w2 = make_head("weighted_layers", layer_widths=[8] * 4).fit(X2, y2).layer_weight_table()
+    assert max(w2, key=w2.get) == "layer0"
+
+
+def test_weighted_layers_head_layer_widths():
+    import numpy as np
+
+    from evaluation.heads import make_head
+
+    X, y, _ = _one_informative_layer()
+    assert make_head("weighted_layers").fit(X, y).layer_weight_table() == {"layer0": 1.0}  # no boundaries: one layer
+    with pytest.raises(ValueError, match=r"layer_widths \[4, 4\] sum to 8 columns, the features have 9"):
+        make_head("weighted_layers", layer_widths=[4, 4]).fit(np.zeros((4, 9)), ["a", "b", "a", "b"])
+    with pytest.raises(ValueError, match="2 layer_names for 1 layer_widths"):
+        make_head("weighted_layers", layer_widths=[4], layer_names=["a", "b"])
+
+
+# ----- evaluate.py and predict.py on layer features -----
+@pytest.fixture(scope="module")
+def evaluated_layers(tmp_path_factory, synthetic_cache):
+    """evaluate.py backbone=ge2e features=layer_stats on the tiny synthetic corpus (the LSTM layers), exporting two heads."""
+    pytest.importorskip("resemblyzer", reason="the pretrained GE2E weights come with resemblyzer")
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import make_cfg
+    from tests.test_evaluate import EVAL_CORPUS
+    from utils.evaluating import evaluate
+
+    out = tmp_path_factory.mktemp("evaluate_layers")
+    cfg = make_cfg("evaluate.yaml", out, EVAL_CORPUS + [
+        "backbone=ge2e", "features=layer_stats", "features_layers=[lstm1,lstm2,lstm3]", "eval.n_folds=2", "eval.repeats=1",
+        "eval.heads=[svm,sad_first,linear,detection,weighted_layers]", "eval.export.heads=[weighted_layers,linear]",
+        "eval.verification_analysis=false"], synthetic_cache)
+    results = evaluate(cfg)
+    from datamodules.speaker_datamodule import load_corpus_records
+
+    h = cfg.data
+    records = load_corpus_records(h.corpus, h.root, str(synthetic_cache / "manifests"), dict(h.corpus_options))
+    GlobalHydra.instance().clear()
+    return out, results, synthetic_cache, {r.utt_id: r.path for r in records}
+
+
+def test_evaluate_layer_stats_writes_metrics_with_every_head(evaluated_layers):
+    import json
+
+    import numpy as np
+
+    from evaluation.embeddings_io import load_npz
+
+    out, results, _, _ = evaluated_layers
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"svm", "sad_first", "linear", "detection", "weighted_layers"} <= set(metrics)
+    features = metrics["protocol"]["features"]
+    assert features["output"] == "layer_stats" and [x["name"] for x in features["layers"]] == ["lstm1", "lstm2", "lstm3"]
+    assert [x["name"] for x in features["backbone_layers"]] == ["mel", "lstm1", "lstm2", "lstm3"]
+    assert features["dim"] == 2 * 3 * 256 == metrics["protocol"]["embedding_dim"]
+    # the SVM heads standardise layer statistics (per fold, inside their pipeline) with gamma="scale"
+    assert metrics["protocol"]["head_kwargs"]["svm"]["standardize"] is True
+    assert metrics["protocol"]["head_kwargs"]["sad_first"]["svm"]["gamma"] == "scale"
+    assert features["heads_standardized"]["svm"] is True
+    weights = metrics["weighted_layers"]["layer_weights"]["mean"]
+    assert list(weights) == ["lstm1", "lstm2", "lstm3"] and sum(weights.values()) == pytest.approx(1.0)
+    assert all(set(f["layer_weights"]) == set(weights) for f in metrics["weighted_layers"]["folds"])
+    emb = load_npz(out / "embeddings.npz")  # every layer is extracted; what the columns are travels with them
+    assert emb.features["output"] == "layer_stats" and emb.embeddings.shape[1] == 2 * (40 + 3 * 256)
+    assert [x["name"] for x in emb.features["layers"]] == ["mel", "lstm1", "lstm2", "lstm3"]
+    assert np.isfinite(emb.embeddings).all()
+
+
+def test_refit_from_npz_with_a_subset_of_layers_and_clear_errors(evaluated_layers, tmp_path):
+    import json
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import make_cfg
+    from tests.test_evaluate import EVAL_CORPUS
+    from utils.config_checks import ConfigError
+    from utils.evaluating import evaluate
+
+    out, _, cache, _ = evaluated_layers
+
+    def cfg(d, *o):
+        return make_cfg("evaluate.yaml", tmp_path / d, EVAL_CORPUS + [
+            f"embeddings={out / 'embeddings.npz'}", "eval.n_folds=2", "eval.repeats=1", "eval.verification_analysis=false",
+            *o], cache)
+
+    res = evaluate(cfg("sub", "features=layer_stats", "features_layers=[lstm1,-1]", "eval.heads=[linear,weighted_layers]"))
+    GlobalHydra.instance().clear()
+    assert [x["name"] for x in res["protocol"]["features"]["layers"]] == ["lstm1", "lstm3"]
+    assert res["protocol"]["embedding_dim"] == 4 * 256
+    assert list(res["weighted_layers"]["layer_weights"]["mean"]) == ["lstm1", "lstm3"]
+    assert json.loads((tmp_path / "sub" / "metrics.json").read_text())["protocol"]["features"]["dim"] == 1024
+    with pytest.raises(ConfigError, match=r"holds features 'layer_stats' but features=embedding: pass features=layer_stats"):
+        evaluate(cfg("e1", "eval.heads=[linear]"))
+    GlobalHydra.instance().clear()
+    with pytest.raises(ConfigError, match="weighted_layers, which weighs the layers of features=layer_stats"):
+        evaluate(cfg("e2", "eval.heads=[weighted_layers]"))
+    GlobalHydra.instance().clear()
+    with pytest.raises(ConfigError, match="features_layers=.* selects layers of features=layer_stats"):
+        evaluate(cfg("e3", "features_layers=[1]", "eval.heads=[linear]"))
+    GlobalHydra.instance().clear()
+    with pytest.raises(ConfigError, match="'lstm9' is not a layer"):
+        evaluate(cfg("e4", "features=layer_stats", "features_layers=[lstm9]", "eval.heads=[linear]"))
+    GlobalHydra.instance().clear()
+
+
+def test_predict_applies_the_exported_layer_stats_bundle_like_evaluate(evaluated_layers, tmp_path):
+    import csv
+    import shutil
+
+    import numpy as np
+    from hydra.core.global_hydra import GlobalHydra
+
+    from evaluation.embeddings_io import load_npz
+    from evaluation.head_bundle import load_head, read_spec
+    from tests.conftest import make_cfg
+    from utils.predicting import predict
+
+    out, _, _, records = evaluated_layers
+    spec = read_spec(out / "model")
+    assert spec["features"]["output"] == "layer_stats" and spec["default_head"] == "weighted_layers"
+    emb = load_npz(out / "embeddings.npz")
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    chosen = sorted(emb.utt_id.tolist())[:4]
+    for u in chosen:
+        shutil.copy(records[u], folder / f"{u}{Path(records[u]).suffix}")
+    cfg = make_cfg("predict.yaml", tmp_path / "pred", [f"ckpt_path={out / 'model'}", f"inputs={folder}"])
+    predict(cfg)
+    GlobalHydra.instance().clear()
+    with open(tmp_path / "pred" / "predictions.csv", newline="") as f:
+        rows = {Path(r["path"]).stem: r for r in csv.DictReader(f)}
+    head = load_head(out / "model", spec, "weighted_layers")
+    idx = [emb.utt_id.tolist().index(u) for u in chosen]
+    from evaluation.layer_features import select_layers
+
+    expected = head.predict_proba(select_layers(emb.embeddings[idx], emb.features, ["lstm1", "lstm2", "lstm3"])[0])
+    got = np.array([[float(rows[u][f"p_{c}"]) for c in head.classes_] for u in chosen])
+    assert all(rows[u]["status"] == "ok" for u in chosen)
+    assert np.allclose(got, expected, atol=2e-3)

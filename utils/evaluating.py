@@ -4,6 +4,11 @@ Exactly one embedding source must be named; the provenance of the embeddings (wh
 the encoder) and the corpus report travel with them into the `.npz` and metrics.json. After the
 cross-validated scoring, the heads of `eval.export.heads` are refit on every evaluated clip and saved
 with the encoder reference as a bundle for predict.py (`<run>/model/`, evaluation/head_bundle.py).
+
+`features=embedding` (default) fits the heads on the final utterance embedding; `features=layer_stats`
+on the mean + std over time of every layer of the backbone (`features_layers=[...]` keeps some), which
+the SVM heads then standardise per fold (`eval.layer_stats_svm`) and the `weighted_layers` head weighs.
+What the columns are travels in embeddings.npz, metrics.json (`protocol.features`) and the bundle.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from callbacks.embedding_writer import EmbeddingWriter, merge_rank_files
 from datamodules.records import ClipRecord
@@ -100,7 +105,66 @@ def cache_key(cfg: DictConfig) -> str:
         key["ckpt"] = [str(Path(cfg.ckpt_path).resolve()), st.st_size, st.st_mtime_ns]
     else:
         key["backbone"] = OmegaConf.to_container(cfg.backbone, resolve=True)
+    output = feature_output(cfg)
+    if output != "embedding":  # (left out for embeddings, so that caches made before it stay valid)
+        key["features"] = output
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def feature_output(cfg: DictConfig) -> str:
+    """The clip_embedding output the heads are fitted on (`features=`), checked."""
+    from lightning_modules.clip_embedding import CLIP_OUTPUTS
+
+    output = cfg.get("features") or "embedding"
+    if not isinstance(output, str) or output not in CLIP_OUTPUTS:
+        raise ConfigError(f"features={output!r}: expected one of {sorted(CLIP_OUTPUTS)} (embedding: the final "
+                          "utterance embedding; layer_stats: mean + std over time of every layer)")
+    if cfg.get("features_layers") is not None and output != "layer_stats":
+        raise ConfigError(f"features_layers={cfg.features_layers} selects layers of features=layer_stats, but "
+                          f"features={output}: pass features=layer_stats or drop features_layers")
+    return output
+
+
+def _layer_selection(cfg: DictConfig) -> list | None:
+    wanted = cfg.get("features_layers")
+    if wanted is None:
+        return None
+    return list(OmegaConf.to_container(wanted, resolve=True)) if isinstance(wanted, ListConfig) else [wanted]
+
+
+def select_features(cfg: DictConfig, emb_set: EmbeddingSet, where: str) -> EmbeddingSet:
+    """`emb_set` with the columns `features` / `features_layers` ask for; a file of other features is refused."""
+    from evaluation.layer_features import output_of, select_layers
+
+    output = feature_output(cfg)
+    held = output_of(emb_set.features)
+    if held != output:
+        raise ConfigError(f"{where} holds features {held!r} but features={output}: pass features={held} to "
+                          f"evaluate them, or extract {output} features (evaluate.py backbone=... or ckpt_path=... "
+                          f"features={output})")
+    if output != "layer_stats":
+        return emb_set
+    try:
+        X, description = select_layers(emb_set.embeddings, emb_set.features, _layer_selection(cfg))
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from e
+    out = emb_set.subset(np.arange(len(emb_set)))
+    out.embeddings, out.features = X, description
+    return out
+
+
+def heads_for(heads: list[str], features: dict | None, where: str) -> list[str]:
+    """The heads that apply to these features: weighted_layers needs layers (else an error, or left out with
+    a note for the compare_to set)."""
+    from evaluation.layer_features import output_of
+
+    if "weighted_layers" in heads and output_of(features) != "layer_stats":
+        if where == "evaluated":
+            raise ConfigError("eval.heads has weighted_layers, which weighs the layers of features=layer_stats, but "
+                              f"features={output_of(features)}: pass features=layer_stats or drop the head")
+        print(f"Note: {where} holds features {output_of(features)!r}: head weighted_layers is not scored on it")
+        return [h for h in heads if h != "weighted_layers"]
+    return list(heads)
 
 
 def official_splits(records: list[ClipRecord], split_map: dict | None) -> list[str] | None:
@@ -175,28 +239,47 @@ def extract(cfg: DictConfig, out_dir: Path, provenance: Provenance) -> Embedding
     records = load_corpus_records(h.corpus, h.root, h.cache_dir, h.corpus_options, **load_kwargs)
     if not records:
         raise ValueError(f"corpus {h.corpus} at {h.root} has no clips")
+    output = feature_output(cfg)
     cache = Path(cfg.paths.log_dir) / "embedding_cache" / f"{cache_key(cfg)}.npy"
+    description_file = cache.with_suffix(".features.json")
     emb = np.load(cache, allow_pickle=False) if cache.exists() else None
-    if emb is not None and len(emb) == len(records):
+    description = json.loads(description_file.read_text()) if description_file.is_file() else None
+    if output == "embedding" and emb is not None and description is None:
+        from evaluation.layer_features import embedding_description
+
+        description = embedding_description(emb.shape[1])  # a cache made before descriptions were stored
+    if emb is not None and len(emb) == len(records) and description is not None:
         log.info("embeddings: reusing cache %s (delete it to re-extract)", cache)
     else:
+        from lightning_modules.clip_embedding import describe_output
+
         module = build_embedding_module(cfg)
         if module.backbone.sample_rate != h.sample_rate:
             raise ConfigError(f"backbone samples at {module.backbone.sample_rate} Hz but data.sample_rate={h.sample_rate}")
         writer = EmbeddingWriter(out_dir / "predictions")
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[writer], logger=False, use_distributed_sampler=True)
         loader = datamodule.utterance_loader(records, batch_size=cfg.eval.batch_size)
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        if output == "embedding":
+            predictor = module
+        else:  # the same predict loop, with another clip_embedding output
+            from utils.predicting import ClipPredictor
+
+            predictor = ClipPredictor(module, "features", output)
+        trainer.predict(predictor, dataloaders=loader, return_predictions=False)
         if trainer.global_rank != 0:
             return None  # type: ignore[return-value]
         emb, n_padded = merge_rank_files(out_dir / "predictions", len(records))
         if n_padded:
-            log.warning("embeddings: %d of %d clips were shorter than one %.2f s window and were zero-padded",
-                        n_padded, len(records), module.backbone.window_seconds)
+            how = "were zero-padded" if output == "embedding" else "were pooled over their own frames, unpadded"
+            log.warning("%s: %d of %d clips were shorter than one %.2f s window and %s", output,
+                        n_padded, len(records), module.backbone.window_seconds, how)
+        description = describe_output(module, output)
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, emb)
+        description_file.write_text(json.dumps(description) + "\n")
     split_map = OmegaConf.to_container(cfg.eval.split_map, resolve=True) if cfg.eval.get("split_map") else None
     emb_set = records_to_set(records, emb, cfg.eval.label_field, split_map)
+    emb_set.features = description
     emb_set.provenance = {**provenance.to_dict(), "data": corpus_report(h, records)}
     save_npz(emb_set, out_dir / "embeddings.npz")
     log.info("embeddings: %d clips -> %s (re-fit heads with embeddings=%s)", len(records), out_dir / "embeddings.npz",
@@ -238,7 +321,8 @@ def align_to(reference: EmbeddingSet, other: EmbeddingSet, other_path: str) -> E
     # the protocol columns come from the reference so that both are folded identically
     return EmbeddingSet(embeddings=aligned.embeddings, emotion=reference.emotion, speaker=reference.speaker,
                         split=reference.split, session=reference.session, utt_id=reference.utt_id,
-                        speaker_unknown=reference.speaker_unknown, provenance=aligned.provenance)
+                        speaker_unknown=reference.speaker_unknown, provenance=aligned.provenance,
+                        features=aligned.features)
 
 
 def label_mask(emb_set: EmbeddingSet, classes: list[str] | None, label_field: str) -> tuple[np.ndarray, dict]:
@@ -261,14 +345,43 @@ def label_mask(emb_set: EmbeddingSet, classes: list[str] | None, label_field: st
     return emb_set.emotion != NO_LABEL, left_out
 
 
-def head_kwargs_from(e: DictConfig) -> dict:
-    """One `eval.svm` parameter group for the SVM head and both stages of the Sad-first head."""
+def head_kwargs_from(e: DictConfig, features: dict | None = None, heads: list[str] | None = None) -> dict:
+    """One `eval.svm` parameter group for the SVM head and both stages of the Sad-first head; for
+    features=layer_stats, `eval.layer_stats_svm` on top of it (standardised columns) and the layer
+    boundaries for the weighted_layers head."""
+    from evaluation.layer_features import layer_columns, output_of
+
+    heads = list(e.heads) if heads is None else heads
     svm = OmegaConf.to_container(e.svm, resolve=True) if e.get("svm") is not None else {}
+    if output_of(features) == "layer_stats":
+        extra = e.get("layer_stats_svm")
+        svm.update(OmegaConf.to_container(extra, resolve=True) if extra is not None else
+                   {"standardize": True, "gamma": "scale"})
     out: dict = {}
-    if "svm" in e.heads:
+    if "svm" in heads:
         out["svm"] = dict(svm)
-    if "sad_first" in e.heads:
+    if "sad_first" in heads:
         out["sad_first"] = {"svm": dict(svm)}
+    if "weighted_layers" in heads and output_of(features) == "layer_stats":
+        params = OmegaConf.to_container(e.weighted_layers, resolve=True) if e.get("weighted_layers") is not None else {}
+        out["weighted_layers"] = {**params, "layer_widths": [b - a for a, b in layer_columns(features)],
+                                  "layer_names": [str(layer["name"]) for layer in features["layers"]]}
+    return out
+
+
+def features_record(features: dict | None, head_kwargs: dict) -> dict | None:
+    """The feature description for metrics.json, with how the heads treated the columns."""
+    from evaluation.layer_features import output_of
+
+    if features is None:
+        return None
+    out = dict(features)
+    if output_of(features) == "layer_stats":
+        svm = (head_kwargs.get("svm") or (head_kwargs.get("sad_first") or {}).get("svm") or {})
+        out["heads_standardized"] = {"svm": bool(svm.get("standardize")), "sad_first": bool(svm.get("standardize")),
+                                     "linear": True, "detection": True, "weighted_layers": True}
+        out["heads_note"] = (f"columns standardised on each fold's training rows (SVM heads: eval.layer_stats_svm, "
+                             f"standardize={svm.get('standardize')}, gamma={svm.get('gamma')})")
     return out
 
 
@@ -291,15 +404,18 @@ def export_heads(cfg: DictConfig, source: str) -> list[str]:
     return names
 
 
-def export_features(cfg: DictConfig) -> dict | None:
-    """What the heads were fitted on, as a clip_embedding output name; None when it cannot be told."""
+def export_features(cfg: DictConfig, emb_set: EmbeddingSet | None = None) -> dict | None:
+    """What the heads were fitted on (a clip_embedding output and, for layer_stats, the layers kept and all
+    the backbone's, which predict.py recomputes and checks); None when it cannot be told."""
     from lightning_modules.clip_embedding import CLIP_OUTPUTS
 
     features = cfg.get("features")
     output = "embedding" if features is None else features
-    if isinstance(output, str) and output in CLIP_OUTPUTS:
-        return {"output": output}
-    return None
+    if not (isinstance(output, str) and output in CLIP_OUTPUTS):
+        return None
+    if emb_set is not None and emb_set.features is not None:
+        return dict(emb_set.features)
+    return {"output": output}
 
 
 def export_model(cfg: DictConfig, source: str, names: list[str], emb_set: EmbeddingSet, results: dict,
@@ -311,7 +427,7 @@ def export_model(cfg: DictConfig, source: str, names: list[str], emb_set: Embedd
     from evaluation.heads import make_head
     from evaluation.run_heads import _with_nystroem
 
-    features = export_features(cfg)
+    features = export_features(cfg, emb_set)
     if features is None:
         print(f"Note: no model exported: features={cfg.get('features')!r} is not an output predict.py can recompute "
               "(lightning_modules/clip_embedding.py CLIP_OUTPUTS)")
@@ -319,7 +435,7 @@ def export_model(cfg: DictConfig, source: str, names: list[str], emb_set: Embedd
     e = cfg.eval
     X, y, speakers = emb_set.embeddings, emb_set.emotion, emb_set.speaker
     rows, class_weight = balance_training(y, e.balancing, seed=cfg.seed)
-    kwargs_by_head = head_kwargs_from(e)
+    kwargs_by_head = head_kwargs_from(e, emb_set.features)
     nystroem = results.get("protocol", {}).get("nystroem", {})
     heads, info = {}, {}
     for name in names:
@@ -365,6 +481,9 @@ def export_model(cfg: DictConfig, source: str, names: list[str], emb_set: Embedd
 
 def evaluate(cfg: DictConfig) -> dict:
     source = embedding_source(cfg)  # before anything else: a missing source is the first thing to say
+    output = feature_output(cfg)
+    if "weighted_layers" in list(cfg.eval.heads) and output != "layer_stats":
+        heads_for(list(cfg.eval.heads), {"output": output}, "evaluated")  # the error, before any extraction
     exported = export_heads(cfg, source)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -380,6 +499,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if emb_set is None:  # non-zero DDP rank after extraction
         return {}
     e = cfg.eval
+    emb_set = select_features(cfg, emb_set, str(cfg.embeddings) if source == "npz" else "the extracted set")
     other = None
     if e.get("compare_to"):
         other = align_to(emb_set, load_npz(e.compare_to), str(e.compare_to))
@@ -399,17 +519,23 @@ def evaluate(cfg: DictConfig) -> dict:
     plan = plan_folds(emb_set, e.protocol, n_folds=e.n_folds, seed=cfg.seed, repeats=int(e.get("repeats", 1)),
                       allow_speaker_overlap=bool(e.get("allow_speaker_overlap", False)),
                       unknown_speakers_train=e.get("unknown_speakers_train"))
-    run_kwargs = dict(heads=list(e.heads), protocol=e.protocol, n_folds=e.n_folds, seed=cfg.seed, balancing=e.balancing,
-                      head_kwargs=head_kwargs_from(e), allow_transductive=bool(e.get("allow_transductive", False)),
-                      plan=plan)
+    heads = heads_for(list(e.heads), emb_set.features, "evaluated")
+    head_kwargs = head_kwargs_from(e, emb_set.features, heads)
+    run_kwargs = dict(protocol=e.protocol, n_folds=e.n_folds, seed=cfg.seed, balancing=e.balancing,
+                      allow_transductive=bool(e.get("allow_transductive", False)), plan=plan)
     results = run_evaluation(emb_set, out_dir=out_dir, logger_fn=logger_fn, provenance=provenance,
-                             data_report=data_report, **run_kwargs)
+                             data_report=data_report, heads=heads, head_kwargs=head_kwargs,
+                             features=features_record(emb_set.features, head_kwargs), **run_kwargs)
     if other is not None:
         from evaluation.comparison import compare_results
 
         other = other.subset(np.flatnonzero(keep))
+        other_heads = heads_for(heads, other.features, str(e.compare_to))
+        other_kwargs = head_kwargs_from(e, other.features, other_heads)
         other_results = run_evaluation(other, out_dir=out_dir / "compare_to", provenance=npz_provenance(other, e.compare_to),
-                                       data_report=data_report, verbose=False, **run_kwargs)
+                                       data_report=data_report, verbose=False, heads=other_heads,
+                                       head_kwargs=other_kwargs, features=features_record(other.features, other_kwargs),
+                                       **run_kwargs)
         results["comparison"] = compare_results(results, other_results, out_dir, name_a=_source_name(cfg, source),
                                                 name_b=str(e.compare_to))
     if exported:

@@ -4,8 +4,9 @@ Two kinds of model (`ckpt_path=`):
 
 1. A bundle exported by evaluate.py (`<run>/model/`, or the evaluate run folder): a frozen encoder plus
    heads fitted on its embeddings (evaluation/head_bundle.py). Clips are embedded with
-   `lightning_modules.clip_embedding.embed_clips` (the bundle's `features.output`), then the head
-   predicts. The encoder's weights must still hash to what the bundle recorded.
+   `lightning_modules.clip_embedding.embed_clips` (the bundle's `features.output`; for layer_stats the
+   columns of the layers the head was fitted on are kept, after checking the encoder still has the
+   recorded layers), then the head predicts. The encoder's weights must still hash to what the bundle recorded.
 2. A SER checkpoint: any LightningModule checkpoint written by this framework that meets the
    interface below (e.g. the coming `experiment=ser_finetune`). It predicts from the audio itself.
 
@@ -82,6 +83,7 @@ class Model:
     features: str = "embedding"
     head: Any = None
     head_name: str | None = None
+    feature_spec: dict | None = None  # the bundle's `features` (layer_stats: which layers the head reads)
     description: dict = field(default_factory=dict)
 
 
@@ -106,19 +108,29 @@ def load_model(cfg: DictConfig) -> Model:
     name = choose_head(spec, cfg.get("head"))
     head = load_head(bundle_dir, spec, name, allow_untrusted=bool(cfg.get("allow_untrusted_types", False)))
     features = str(spec["features"].get("output", "embedding"))
-    from lightning_modules.clip_embedding import CLIP_OUTPUTS
+    from lightning_modules.clip_embedding import CLIP_OUTPUTS, describe_output
 
     if features not in CLIP_OUTPUTS:
         raise ConfigError(f"{bundle_dir}: the heads were fitted on features {features!r}, which this version cannot "
                           f"compute (known: {sorted(CLIP_OUTPUTS)})")
     module = build_encoder(spec["encoder"], cfg.get("encoder_ckpt_path"))
+    if features == "layer_stats":
+        from evaluation.layer_features import same_backbone_layers
+
+        if "layers" not in spec["features"]:
+            raise ConfigError(f"{bundle_dir}: features layer_stats without the list of layers the heads were fitted on")
+        computed = describe_output(module, features)
+        if not same_backbone_layers(spec["features"], computed):
+            raise ConfigError(f"{bundle_dir}: the heads were fitted on layer statistics of layers "
+                              f"{[(x['name'], x['dim']) for x in spec['features'].get('backbone_layers', [])]}, but the "
+                              f"encoder now has {[(x['name'], x['dim']) for x in computed['layers']]}: re-export the model")
     audio = {k: spec["audio"][k] for k in ("sample_rate", "trim_silence", "normalize_loudness")}
     if module.backbone.sample_rate != audio["sample_rate"]:
         raise ConfigError(f"{bundle_dir}: encoder samples at {module.backbone.sample_rate} Hz, bundle audio at "
                           f"{audio['sample_rate']} Hz")
     entry = spec["heads"][name]
     return Model("bundle", module, [str(c) for c in entry["classes"]], audio, "features", features, head, name,
-                 {"bundle": str(bundle_dir), "head": name, "encoder": spec["encoder"].get("checkpoint")
+                 feature_spec=dict(spec["features"]), description={"bundle": str(bundle_dir), "head": name, "encoder": spec["encoder"].get("checkpoint")
                   or spec["encoder"].get("backbone", {}).get("_target_"), "cross_validated": entry.get("cross_validated"),
                   "trained_quality": spec["audio"].get("quality")})
 
@@ -282,8 +294,20 @@ def run_model(cfg: DictConfig, model: Model, paths: list[str], work_dir: Path) -
         return None
     values, n_padded = merge_rank_files(work_dir, len(paths))
     if n_padded:
-        log.warning("%d of %d clips were shorter than one encoder window and were zero-padded", n_padded, len(paths))
+        how = "pooled over their own frames, unpadded" if model.features == "layer_stats" else "zero-padded"
+        log.warning("%d of %d clips were shorter than one encoder window and were %s", n_padded, len(paths), how)
     return values
+
+
+def bundle_columns(model: Model, values: np.ndarray) -> np.ndarray:
+    """The columns the bundle's head was fitted on: for layer_stats, the kept layers of all the backbone's."""
+    spec = model.feature_spec or {}
+    if spec.get("output") != "layer_stats":
+        return values
+    from evaluation.layer_features import select_layers
+
+    full = {**spec, "layers": spec.get("backbone_layers", spec["layers"])}
+    return select_layers(values, full, [str(x["name"]) for x in spec["layers"]])[0]
 
 
 def apply_outputs(model: Model, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -291,7 +315,7 @@ def apply_outputs(model: Model, values: np.ndarray) -> tuple[np.ndarray, np.ndar
     if model.mode == "features":
         from evaluation.head_bundle import head_outputs
 
-        return head_outputs(model.head, values)
+        return head_outputs(model.head, bundle_columns(model, values))
     if values.ndim != 2 or values.shape[1] != len(model.classes):
         raise ValueError(f"predict_proba returned shape {values.shape}; expected (N, {len(model.classes)}) for "
                          f"class_names {model.classes}")
