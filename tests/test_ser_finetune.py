@@ -242,3 +242,10 @@ def test_warm_start_carries_weights_and_provenance_and_the_checkpoint_does_not_r
     wav = [0.1 * torch.randn(16000)]
     torch.testing.assert_close(loaded.predict_proba(wav), model.predict_proba(wav))
     assert "synthetic:spk001" in loaded.seen_speakers
+
+
+def test_pretraining_runs_get_the_corpus_overrides_but_not_the_ser_data_module():
+    overrides = ["experiment=ser_finetune", "data=emodb", "data.root=/x", "+data.extra=1", "data.classes=[a,b]",
+                 "data._target_=x.Y", "model.freeze=all", "paths.data_dir=/d", "trainer.max_epochs=3"]
+    assert finetune_protocol.data_overrides(overrides) == ["data=emodb", "data.root=/x", "+data.extra=1",
+                                                           "paths.data_dir=/d"]
