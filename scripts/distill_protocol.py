@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -63,6 +64,43 @@ class StartSnapshot(L.Callback):
         self.state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
 
 
+class FrozenFrontEndCache:
+    """Memoises a frozen front end's frames by the exact input: the random-init and distilled encoders of
+    every fold embed the same windows through the same frozen front end (e.g. pretrained GE2E), so it runs
+    once per window batch instead of twice per fold. Keyed by a fingerprint of the front end's weights too,
+    so a front end that differs (or was trained) never reads another's frames."""
+
+    def __init__(self):
+        self.store: dict[tuple, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def _digest(t: torch.Tensor) -> str:
+        return hashlib.blake2b(t.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+
+    def attach(self, module) -> None:
+        backbone = getattr(module, "backbone", module)
+        if not getattr(backbone, "freeze_front_end", False):
+            return  # a trained front end differs between the encoders: nothing to share
+        front = backbone.front_end
+        weights = hashlib.blake2b(digest_size=16)
+        for name, value in sorted(front.state_dict().items()):
+            weights.update(name.encode())
+            weights.update(self._digest(value.float()).encode())
+        fingerprint, compute = weights.hexdigest(), front.frames
+
+        def frames(wav: torch.Tensor) -> torch.Tensor:
+            key = (fingerprint, tuple(wav.shape), str(wav.dtype), self._digest(wav))
+            if key in self.store:
+                self.hits += 1
+            else:
+                self.misses += 1
+                self.store[key] = compute(wav).detach()
+            return self.store[key]
+
+        front.frames = frames  # an instance attribute: this module only
+
+
 def score(emb_set: EmbeddingSet, test_speakers, heads: list[str], seed: int) -> dict:
     res = run_evaluation(emb_set, heads=heads, protocol="speakers", test_speakers=list(test_speakers), seed=seed,
                          out_dir=None, verbose=False)
@@ -92,23 +130,33 @@ def markdown(result: dict) -> str:
                              + (f"[{100 * t['low']:+.1f}, {100 * t['high']:+.1f}] | {t['p_value']:.3g}" if t else "n/a | n/a")
                              + f" | {c['wilcoxon']['p_value']:.3g} | {c['wins_a']} / {c['wins_b']} | {c['verdict']} |")
     lines += ["", "| fold | test speakers | " + " | ".join(f"{h} UA {e.replace('_', ' ')}" for h in s["heads"] for e in ENCODERS)
-              + " | frame loss first → last | minutes |", "|---|---|" + "---:|" * (len(s["heads"]) * 3) + "---|---:|"]
+              + " | steps | frame loss, first 3 → last 3 steps | utterance loss | EMA decay | minutes |",
+              "|---|---|" + "---:|" * (len(s["heads"]) * 3) + "---:|---|---|---|---:|"]
     for f in result["folds"]:
         ua = " | ".join(f"{100 * f['scores'][e][h]['ua']:.1f}" for h in s["heads"] for e in ENCODERS)
-        fl = f.get("frame_loss") or []
-        fl_s = f"{fl[0]:.3f} → {fl[-1]:.3f}" if fl else "n/a"
-        lines.append(f"| {f['fold']} | {', '.join(f['test_speakers'])} | {ua} | {fl_s} | {f['seconds'] / 60:.1f} |")
+        rows = f.get("loss_history") or []
+        decay = f"{rows[0]['ema_decay']:.5f} → {rows[-1]['ema_decay']:.5f}" if rows and "ema_decay" in rows[0] else "n/a"
+        lines.append(f"| {f['fold']} | {', '.join(f['test_speakers'])} | {ua} | {len(rows)} | {first_last(rows, 'frame_loss')} | "
+                     f"{first_last(rows, 'utterance_loss')} | {decay} | {f['seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
 
-class FrameLossHistory(L.Callback):
-    def __init__(self):
-        self.values: list[float] = []
+class LossHistory(L.Callback):
+    """Per optimiser step: both losses and the EMA decay (a one-epoch run still shows whether they fall)."""
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        v = trainer.callback_metrics.get("train/frame_loss")
-        if v is not None:
-            self.values.append(float(v))
+    KEYS = ("train/frame_loss", "train/utterance_loss", "train/ema_decay")
+
+    def __init__(self):
+        self.rows: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        m = trainer.callback_metrics
+        self.rows.append({k.split("/")[1]: float(m[k]) for k in self.KEYS if k in m})
+
+
+def first_last(rows: list[dict], key: str, n: int = 3) -> str:
+    v = [r[key] for r in rows if key in r]
+    return f"{np.mean(v[:n]):.3f} → {np.mean(v[-n:]):.3f}" if v else "n/a"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -139,7 +187,10 @@ def main(argv: list[str] | None = None) -> dict:
     speakers = np.array([r.speaker for r in records])
     utt, labels = np.array([r.utt_id for r in records]), np.array(emotions)
 
+    cache = FrozenFrontEndCache()
+
     def embed(module) -> EmbeddingSet:
+        cache.attach(module)
         return EmbeddingSet(embed_records(module.cpu().eval(), dm, records, args.batch_size), labels, speakers, utt_id=utt)
 
     t0 = time.perf_counter()
@@ -158,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         fcfg = fold_config(list(args.overrides), out / f"fold{k}", train_speakers, n_val)
         with open_dict(fcfg):
             fcfg.callbacks.start_snapshot = {"_target_": "scripts.distill_protocol.StartSnapshot"}
-            fcfg.callbacks.frame_loss_history = {"_target_": "scripts.distill_protocol.FrameLossHistory"}
+            fcfg.callbacks.loss_history = {"_target_": "scripts.distill_protocol.LossHistory"}
         metrics, objs = train(fcfg)
         val_speakers = list(objs["datamodule"].val_speakers)
         seen = set(val_speakers) | {r.speaker for r in objs["datamodule"].train_records}
@@ -166,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise RuntimeError(f"fold {k}: speakers {sorted(seen & set(fold.test_speakers))} were distilled on "
                                "and are test speakers")
         snap = next(cb for cb in objs["trainer"].callbacks if type(cb).__name__ == "StartSnapshot")
-        history = next(cb for cb in objs["trainer"].callbacks if type(cb).__name__ == "FrameLossHistory")
+        history = next(cb for cb in objs["trainer"].callbacks if type(cb).__name__ == "LossHistory")
         best = metrics.get("best_ckpt_path") or ""
         distilled = load_embedding_module(best) if best else objs["model"].cpu()
         start = copy.deepcopy(distilled)
@@ -175,9 +226,10 @@ def main(argv: list[str] | None = None) -> dict:
         entry = {"fold": k, "test_speakers": list(fold.test_speakers), "train_speakers": train_speakers,
                  "val_speakers": val_speakers, "selected_checkpoint": best or "last epoch",
                  "scores": {e: score(s, fold.test_speakers, args.heads, args.seed) for e, s in sets.items()},
-                 "frame_loss": history.values, "test_train_ratio": len(fold.test_idx) / len(fold.train_idx),
+                 "loss_history": history.rows, "test_train_ratio": len(fold.test_idx) / len(fold.train_idx),
                  "seconds": time.perf_counter() - t_fold}
         per_fold.append(entry)
+        log.info("front-end frame cache: %d hits, %d misses", cache.hits, cache.misses)
         log.info("fold %d: %s, %.1f min", k, {e: {h: round(v[h]["ua"], 3) for h in args.heads}
                                                for e, v in entry["scores"].items()}, entry["seconds"] / 60)
         (out / "distill_protocol.partial.json").write_text(json.dumps(per_fold, indent=2))

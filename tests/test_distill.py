@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchaudio
+from omegaconf import open_dict
 from torch import nn
 
 from lightning_modules.backbones.base import Backbone
@@ -39,12 +40,24 @@ class MelFrontEnd(Backbone):
 
 TINY_ENCODER = {"dim": 32, "depth": 3, "heads": 2, "n_extra_tokens": 3, "conv_pos_depth": 2, "conv_pos_width": 10,
                 "conv_pos_groups": 4, "dropout": 0.0, "attention_dropout": 0.0, "frame_pooling": 2}
-FRONT = "backbone._target_=tests.test_distill.MelFrontEnd"
-TINY = [FRONT, "model=distill", "model.encoder.dim=32", "model.encoder.depth=3", "model.encoder.heads=2",
+TINY = ["model=distill", "model.encoder.dim=32", "model.encoder.depth=3", "model.encoder.heads=2",
         "model.encoder.n_extra_tokens=3", "model.encoder.conv_pos_depth=2", "model.encoder.conv_pos_width=10",
         "model.encoder.conv_pos_groups=4", "model.top_k=2", "model.clone_batch=2"]
 QUIET = ["callbacks.model_summary=null", "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false",
          "data.trim_silence=false", "callbacks.model_checkpoint.monitor=null"]
+
+
+@pytest.fixture
+def distill_cfg(train_cfg_factory):
+    """The tiny distillation run over MelFrontEnd at 16 kHz. The whole backbone config is replaced (not
+    just its _target_), so the default backbone's own keys and sample rate never reach the test."""
+    def factory(*overrides: str):
+        cfg = train_cfg_factory(*TINY, *QUIET, *overrides)
+        with open_dict(cfg):
+            cfg.backbone = {"_target_": "tests.test_distill.MelFrontEnd", "sample_rate": 16000}
+        return cfg
+
+    return factory
 
 
 def tiny_module(**kwargs) -> DistillationModule:
@@ -118,8 +131,8 @@ class RecordStudent(L.Callback):
 
 
 @pytest.mark.parametrize("scope", ["context", "all"])
-def test_teacher_is_the_exact_ema_of_the_student_after_k_steps(train_cfg_factory, scope):
-    cfg = train_cfg_factory(*TINY, *QUIET, "trainer.max_epochs=1", "data.batches_per_epoch=4", "model.scheduler=none",
+def test_teacher_is_the_exact_ema_of_the_student_after_k_steps(distill_cfg, scope):
+    cfg = distill_cfg("trainer.max_epochs=1", "data.batches_per_epoch=4", "model.scheduler=none",
                             "model.lr=0.01", "model.ema_decay=0.5", "model.ema_end_decay=0.9", "model.ema_anneal_steps=2",
                             f"model.ema_scope={scope}", "+trainer.limit_val_batches=0",
                             "+callbacks.record._target_=tests.test_distill.RecordStudent")
@@ -244,6 +257,21 @@ def test_clone_batch_runs_front_end_and_teacher_once_per_clip():
     assert all(len({tuple(m.tolist()) for m in clip_masks[c]}) > 1 for c in range(3))  # each clone its own mask
 
 
+def test_a_nonfinite_loss_names_the_clips_or_is_skipped():
+    """The shared guard (model.nonfinite_loss) wraps the distillation step too: a NaN clip stops training
+    with the clip's path, or (skip) the step returns no loss, so no optimiser step is taken on it."""
+    model = tiny_module()
+    model.log = lambda *a, **k: None
+    wav = torch.randn(2, 16000)
+    wav[1, 100] = float("nan")
+    batch = {"wav": wav, "path": ["a.wav", "b.wav"]}
+    with pytest.raises(FloatingPointError, match="b.wav"):
+        model.training_step(batch, 0)
+    skipping = tiny_module(nonfinite_loss="skip")
+    skipping.log = lambda *a, **k: None
+    assert skipping.training_step(batch, 0) is None and skipping.n_nonfinite_batches == 1
+
+
 def test_bad_settings_name_the_key():
     with pytest.raises(ValueError, match="model.utterance"):
         tiny_module(utterance="cls")
@@ -287,23 +315,28 @@ class LossHistory(L.Callback):
                                                     "train/masked_fraction")})
 
 
-def test_training_lowers_both_losses_logs_the_schedule_and_evaluates(train_cfg_factory, tmp_path, synthetic_cache):
-    cfg = train_cfg_factory(*TINY, *QUIET, "trainer.max_epochs=4", "data.batches_per_epoch=6", "model.lr=0.003",
+def test_training_lowers_both_losses_logs_the_schedule_and_evaluates(distill_cfg, tmp_path, synthetic_cache):
+    cfg = distill_cfg("trainer.max_epochs=4", "data.batches_per_epoch=6", "model.lr=0.003",
                             "model.warmup_steps=0", "model.ema_anneal_steps=10", "+callbacks.history._target_="
                             "tests.test_distill.LossHistory")
     metrics, objs = train(cfg)
     history = next(cb for cb in objs["trainer"].callbacks if isinstance(cb, LossHistory)).rows
     assert len(history) == 24
-    for key in ("train/frame_loss", "train/utterance_loss"):
-        first, last = np.mean([r[key] for r in history[:4]]), np.mean([r[key] for r in history[-4:]])
-        assert last < 0.85 * first, f"{key} did not fall: {first:.4f} -> {last:.4f}"
+    # first vs last epoch (6 batches each: single batches differ by +-0.1 in frame loss, new masks and clips)
+    for key, ratio in (("train/frame_loss", 0.9), ("train/utterance_loss", 0.5)):
+        first, last = np.mean([r[key] for r in history[:6]]), np.mean([r[key] for r in history[-6:]])
+        assert last < ratio * first, f"{key} did not fall: {first:.4f} -> {last:.4f}"
     decays = [r["train/ema_decay"] for r in history]
     assert decays[0] == pytest.approx(0.999) and decays[-1] == pytest.approx(0.99999)
     assert all(a <= b for a, b in zip(decays, decays[1:]))
     assert all(0.3 < r["train/masked_fraction"] < 0.7 for r in history)
     assert "val/eer" in metrics  # held-out speakers, embedded by the student
+    assert 0.0 <= metrics["val/probe_ua"] <= 1.0  # the emotion probe on the validation speakers
 
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    dm = objs["datamodule"]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert saved["seen_speakers"] == sorted({r.speaker for r in dm.train_records + dm.val_records})
     reloaded = load_embedding_module(str(ckpt))
     assert isinstance(reloaded, DistillationModule) and isinstance(reloaded.backbone, ContextEncoderBackbone)
     wav = [torch.randn(24000)]
@@ -325,6 +358,7 @@ def test_training_lowers_both_losses_logs_the_schedule_and_evaluates(train_cfg_f
     student = objs["model"].backbone.state_dict()
     assert all(torch.equal(v, student[k]) for k, v in warm.backbone.state_dict().items())
     assert all(torch.equal(t, s) for t, s in zip(warm.teacher.parameters(), warm.backbone.context.parameters()))
+    assert warm.seen_speakers == set(saved["seen_speakers"])  # and the speakers those weights have met
 
 
 def test_warm_start_from_another_objective_fills_the_front_end(tmp_path):
@@ -339,8 +373,8 @@ def test_warm_start_from_another_objective_fills_the_front_end(tmp_path):
         tiny_module(init_from=str(ckpt))
 
 
-def test_ddp_on_two_cpu_processes(train_cfg_factory):
-    cfg = train_cfg_factory(*TINY, *QUIET, "trainer=ddp_sim", "trainer.max_epochs=1", "data.batches_per_epoch=2",
+def test_ddp_on_two_cpu_processes(distill_cfg):
+    cfg = distill_cfg("trainer=ddp_sim", "trainer.max_epochs=1", "data.batches_per_epoch=2",
                             "data.n_speakers=2", "data.n_per_speaker=2")
     metrics, objs = train(cfg)
     assert objs["trainer"].world_size == 2
@@ -349,8 +383,8 @@ def test_ddp_on_two_cpu_processes(train_cfg_factory):
     assert int(ckpt["state_dict"]["ema_updates"]) == ckpt["global_step"] == 2
 
 
-def test_bf16_mixed_on_cpu(train_cfg_factory):
-    cfg = train_cfg_factory(*TINY, *QUIET, "trainer.precision=bf16-mixed", "trainer.max_epochs=1",
+def test_bf16_mixed_on_cpu(distill_cfg):
+    cfg = distill_cfg("trainer.precision=bf16-mixed", "trainer.max_epochs=1",
                             "data.batches_per_epoch=2")
     metrics, objs = train(cfg)
     assert objs["trainer"].precision == "bf16-mixed"
@@ -389,14 +423,14 @@ def _held_out_frame_loss(model: DistillationModule, wavs: torch.Tensor) -> float
 
 
 @pytest.mark.slow
-def test_student_learns_to_predict_hidden_frames_of_unseen_speakers(train_cfg_factory):
+def test_student_learns_to_predict_hidden_frames_of_unseen_speakers(distill_cfg):
     """Learning, measured on validation speakers whose audio is never trained on: the distilled
     student predicts its teacher's (instance-normalised) targets at masked frames with MSE well below
     1, the error of the best context-free guess (0), and below its random initialisation's.
     Measured (seed 12345, 40 steps): 1.21 at initialisation -> 0.87. Emotion separability is a
     different matter: see docs/distillation.md (on this synthetic set distillation does not beat
     the random initialisation's linear-probe UA)."""
-    cfg = train_cfg_factory(*TINY, *QUIET, "data.corpus_options.n_speakers=12", "data.corpus_options.clips_per_emotion=4",
+    cfg = distill_cfg("data.corpus_options.n_speakers=12", "data.corpus_options.clips_per_emotion=4",
                             "data.val_speakers=4", "data.n_speakers=4", "data.n_per_speaker=4", "data.crop_seconds=1.0",
                             "trainer.max_epochs=5", "+trainer.limit_val_batches=0", "model.lr=0.002",
                             "model.warmup_steps=10", "+callbacks.start._target_=tests.test_distill.StartWeights")
@@ -410,3 +444,31 @@ def test_student_learns_to_predict_hidden_frames_of_unseen_speakers(train_cfg_fa
     start_model.load_state_dict(next(cb for cb in objs["trainer"].callbacks if isinstance(cb, StartWeights)).state)
     start = _held_out_frame_loss(start_model, wavs)
     assert end < 0.93 and end < start - 0.2, f"held-out masked-frame MSE {start:.3f} -> {end:.3f}"
+
+
+def test_protocol_front_end_cache_is_exact_and_never_crosses_front_ends():
+    """scripts/distill_protocol.py shares a frozen front end's frames between the encoders it compares:
+    the embeddings are the same as without the cache, the second encoder reads the first's frames, and a
+    front end with other weights computes its own."""
+    import importlib
+
+    protocol = importlib.import_module("scripts.distill_protocol")
+    frozen = {**TINY_ENCODER, "freeze_front_end": True}
+    torch.manual_seed(0)
+    a = ContextEncoderBackbone({"_target_": "tests.test_distill.MelFrontEnd"}, **frozen).eval()
+    b = copy.deepcopy(a)
+    torch.nn.init.normal_(b.feature_proj.weight)  # another context encoder over the same front end
+    wavs = [torch.randn(30000), torch.randn(20000)]
+    expected = [m.embed_utterances(wavs)[0] for m in (a, b)]
+    cache = protocol.FrozenFrontEndCache()
+    for m in (a, b):
+        cache.attach(m)
+    got = [m.embed_utterances(wavs)[0] for m in (a, b)]
+    assert all(torch.equal(g, e) for g, e in zip(got, expected))
+    assert cache.misses == 1 and cache.hits == 1
+    c = copy.deepcopy(a)
+    del c.front_end.frames  # the deep copy carries the cached function; drop it and change the weights
+    torch.nn.init.normal_(c.front_end.proj.weight)
+    expected_c = c.embed_utterances(wavs)[0]
+    cache.attach(c)
+    assert torch.equal(c.embed_utterances(wavs)[0], expected_c) and cache.misses == 2
