@@ -33,6 +33,10 @@ def load_corpus_records(corpus: str, root: str | Path, cache_dir: str | Path, op
     `quality` is `data.quality` (datamodules/audio_quality.py; None = the defaults).
     """
     options = dict(options or {})
+    if corpus == "pooled":
+        from datamodules.pooled import pooled_records
+
+        return pooled_records(options, lambda c, r, options: load_corpus_records(c, r, cache_dir, options, build, quality))
     if corpus == "synthetic":
         from datamodules.synthetic.corpus import SyntheticCorpusConfig, generate_corpus, parse_synthetic
 
@@ -67,7 +71,11 @@ class SpeakerDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(ignore=["augment"])
         self.augment = augment
-        if corpus != "synthetic" and not Path(root).exists():
+        if corpus == "pooled":
+            from datamodules.pooled import pool_members
+
+            pool_members(corpus_options)  # every member's root exists, none twice
+        elif corpus != "synthetic" and not Path(root).exists():
             raise FileNotFoundError(f"data.root={root!r} does not exist: set data.root to the folder where you unpacked "
                                     f"the {corpus} corpus (see docs/corpora.md for the expected layout)")
         if format not in ("files", "shards"):
@@ -130,13 +138,25 @@ class SpeakerDataModule(L.LightningDataModule):
         self.val_emotion_ids = np.array([label_id.get(v, -1) for v in values] if field else [-1] * len(self.val_records))
         log.info("data: %d train clips from %d speakers, %d validation clips from %d held-out speakers",
                  len(self.train_records), len(self.speakers), len(self.val_records), len(val_spk))
+        if h.corpus == "pooled":
+            from datamodules.pooled import per_corpus_counts
+
+            log.info("pool (train + validation): %s", per_corpus_counts(self.train_records + self.val_records))
 
     def seen_speakers(self) -> dict:
         """Speakers (corpus-qualified ids) whose audio or labels a fit on this datamodule learns from
         (training + validation speakers), and `{corpus: root}`: what checkpoints record as provenance."""
         h = self.hparams
-        return {"speakers": sorted({r.speaker for r in self.train_records + self.val_records}),
-                "corpora": {str(h.corpus): str(Path(h.root).resolve())}}
+        key = (id(self.train_records), len(self.train_records), id(self.val_records), len(self.val_records))
+        if getattr(self, "_seen", (None,))[0] != key:  # recomputed only when the record lists change
+            self._seen = (key, sorted({r.speaker for r in self.train_records + self.val_records}))
+        if h.corpus == "pooled":
+            from datamodules.pooled import pooled_roots
+
+            corpora = pooled_roots(h.corpus_options)
+        else:
+            corpora = {str(h.corpus): str(Path(h.root).resolve())}
+        return {"speakers": list(self._seen[1]), "corpora": corpora}
 
     @property
     def num_speakers(self) -> int:

@@ -23,7 +23,7 @@ from evaluation.embeddings_io import UNUSED_SPLIT, EmbeddingSet
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("auto", "kfold", "official", "loso", "speakers")
+PROTOCOLS = ("auto", "kfold", "official", "loso", "speakers", "cross_corpus")
 REPEATABLE = ("kfold",)
 
 
@@ -100,6 +100,7 @@ def plan_folds(
     repeats: int = 1,
     allow_speaker_overlap: bool = False,
     unknown_speakers_train: bool | None = None,
+    cross_corpus: dict | None = None,
 ) -> FoldPlan:
     """Folds for `protocol`:
 
@@ -108,6 +109,9 @@ def plan_folds(
     official: the set's `split` column (train / test; `unused` rows are in neither part).
     loso: leave-one-session-out, one fold per `session` value (IEMOCAP: 5 sessions).
     speakers: a single fold testing on the given `test_speakers`.
+    cross_corpus: train on the clips of `cross_corpus["train"]` corpora, test on `cross_corpus["test"]`
+        (lists of corpus names, the prefix of the corpus-qualified speaker ids; e.g. a `data=pooled` set);
+        one fold, speaker-independent because no two corpora share a speaker.
     unknown_speakers_train: may rows flagged `speaker_unknown` train? None: only under `official`.
     """
     emb_set.validate()
@@ -157,6 +161,8 @@ def plan_folds(
         for s in sessions:
             in_session = emb_set.session == s
             plan.folds.append(_fold(f"session={s}", emb_set, in_session & known, ~in_session & trainable))
+    elif protocol == "cross_corpus":
+        plan.folds.append(_cross_corpus_fold(emb_set, cross_corpus, known, trainable))
     else:  # protocol == "speakers"
         if not test_speakers:
             raise ValueError("protocol 'speakers' needs a non-empty test_speakers list")
@@ -181,6 +187,24 @@ def plan_folds(
             plan.left_out["unknown_speaker_train_only"] = n_trained
         plan.notes.append(f"{n_unknown} clip(s) of unknown speakers are never tested ({n_trained} of them train)")
     return plan
+
+
+def _cross_corpus_fold(emb_set: EmbeddingSet, spec: dict | None, known: np.ndarray, trainable: np.ndarray) -> Fold:
+    spec = dict(spec or {})
+    train_c, test_c = [str(c) for c in spec.get("train") or []], [str(c) for c in spec.get("test") or []]
+    if not train_c or not test_c:
+        raise ValueError("protocol 'cross_corpus' needs eval.cross_corpus.train and eval.cross_corpus.test "
+                         f"(lists of corpus names), got {spec}")
+    if set(train_c) & set(test_c):
+        raise ValueError(f"protocol 'cross_corpus': {sorted(set(train_c) & set(test_c))} both trains and tests")
+    corpus = np.array([str(s).split(":", 1)[0] for s in emb_set.speaker])
+    present = sorted(set(corpus.tolist()))
+    missing = [c for c in train_c + test_c if c not in present]
+    if missing:
+        raise ValueError(f"protocol 'cross_corpus': corpus {missing} not in the evaluated set (it has {present}; "
+                         "evaluate a data=pooled set that includes it)")
+    name = f"{'+'.join(train_c)}->{'+'.join(test_c)}"
+    return _fold(name, emb_set, np.isin(corpus, test_c) & known, np.isin(corpus, train_c) & trainable)
 
 
 def make_folds(

@@ -202,6 +202,17 @@ def records_to_set(records: list[ClipRecord], embeddings: np.ndarray, label_fiel
 def corpus_report(h, records: list[ClipRecord]) -> dict:
     """The manifest summary of the evaluated corpus (every count it carries, names of skipped files
     cut to a few per reason), or counts from the records where no summary exists (synthetic)."""
+    if h.corpus == "pooled":  # one report per member corpus (datamodules/pooled.py)
+        from lightning.fabric.utilities.data import AttributeDict
+
+        from datamodules.pooled import corpus_of, per_corpus_counts, pool_members
+
+        members = []
+        for m in pool_members(h.corpus_options):
+            mh = AttributeDict(corpus=m["corpus"], root=m["root"], corpus_options=m["options"], cache_dir=h.cache_dir,
+                               quality=h.get("quality"))
+            members.append(corpus_report(mh, [r for r in records if corpus_of(r.speaker) == m["corpus"]]))
+        return {"corpus": "pooled", "per_corpus": per_corpus_counts(records), "members": members}
     report: dict = {"corpus": h.corpus, "root": str(h.root)}
     summary = None
     if h.corpus != "synthetic":
@@ -518,7 +529,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
     plan = plan_folds(emb_set, e.protocol, n_folds=e.n_folds, seed=cfg.seed, repeats=int(e.get("repeats", 1)),
                       allow_speaker_overlap=bool(e.get("allow_speaker_overlap", False)),
-                      unknown_speakers_train=e.get("unknown_speakers_train"))
+                      unknown_speakers_train=e.get("unknown_speakers_train"),
+                      cross_corpus=OmegaConf.to_container(e.cross_corpus) if e.get("cross_corpus") else None)
     heads = heads_for(list(e.heads), emb_set.features, "evaluated")
     head_kwargs = head_kwargs_from(e, emb_set.features, heads)
     run_kwargs = dict(protocol=e.protocol, n_folds=e.n_folds, seed=cfg.seed, balancing=e.balancing,
