@@ -12,9 +12,23 @@ rank 0 runs k-means and broadcasts the labels, so all ranks hold identical pseud
 
 The labels in use are part of the callback's checkpoint state, so a resumed run continues with the
 very labels (and therefore batches) the uninterrupted run had, instead of re-clustering.
+
+Cost (the issue's goal: <= 5% of an epoch). `source: full` re-embeds every training clip with the
+encoder before each round. `source: memory_bank` (the default of configs/callbacks/clustering.yaml)
+clusters the embeddings the training steps computed anyway (callbacks/embedding_bank.py) and
+re-embeds only the clips no training step visited in the last `bank_max_age` epochs; the first round
+is a full pass. The pass itself runs under inference mode, in bf16 on CUDA (`pass_precision: auto`;
+not on CPUs, where it measured slower even with AMX), sharded across DDP ranks. k-means can be fitted
+on a subsample of each speaker (`max_points_per_speaker`) with every clip then assigned to the nearest
+centroid. BENCHMARKS.md ("Re-clustering cost") has the measured shares and the agreement with the
+full pass on EmoDB.
+
+With an image-capable logger (W&B) each round also logs a 2-D PCA plot of the embeddings by speaker
+and by within-speaker cluster (`log_plot`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,15 +39,20 @@ from typing import Any, Sequence
 import faiss
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 
+from callbacks.embedding_bank import EmbeddingBank
 from lightning_modules.clip_embedding import embed_records
+from utils.cpu_features import cpu_flags, has_native_bf16
 
 log = logging.getLogger(__name__)
 
 K_MODES = ("fixed", "silhouette")
+SOURCES = ("full", "memory_bank")
+PASS_PRECISIONS = ("auto", "trainer", "bf16")
 
 
 # ----- k-means per speaker (pure functions of embeddings and speaker ids) -----
@@ -46,15 +65,21 @@ def use_faiss_gpu(use_gpu: bool | str) -> bool:
 
 
 def kmeans(x: np.ndarray, k: int, niter: int = 25, nredo: int = 3, seed: int = 0, gpu: bool = False,
-           init: str = "kmeans++") -> tuple[np.ndarray, np.ndarray]:
-    """faiss k-means of the rows of x: (assignments (N,), centroids (k, D))."""
+           init: str = "kmeans++", max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """faiss k-means of the rows of x: (assignments (N,), centroids (k, D)).
+
+    max_points: fit the centroids on at most this many rows (faiss's own seeded subsample), then assign
+    every row to its nearest centroid: the cost of a round stops growing with clips per speaker."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not 1 <= k <= len(x):
         raise ValueError(f"kmeans: k={k} must be between 1 and the number of points ({len(x)})")
     if k == 1:
         return np.zeros(len(x), dtype=np.int64), x.mean(0, keepdims=True)
+    if max_points is not None and int(max_points) < k:
+        raise ValueError(f"kmeans: max_points={max_points} must be at least k={k}")
+    per_centroid = 1 << 20 if max_points is None else max(1, int(max_points) // k)
     params: dict[str, Any] = {"niter": niter, "nredo": nredo, "seed": seed, "verbose": False,
-                              "min_points_per_centroid": 1, "max_points_per_centroid": 1 << 20, "gpu": gpu}
+                              "min_points_per_centroid": 1, "max_points_per_centroid": per_centroid, "gpu": gpu}
     if init == "kmeans++" and hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS"):
         params["init_method"] = faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
     elif init not in ("random", "kmeans++"):
@@ -90,23 +115,25 @@ def max_clusters_for(n: int, min_clips_per_cluster: int) -> int:
 
 def cluster_one_speaker(x: np.ndarray, k: str, n_clusters: int, k_range: Sequence[int], niter: int, nredo: int,
                         seed: int, min_clips_per_cluster: int, gpu: bool, init: str,
-                        keep_at_least: int = 1) -> tuple[np.ndarray, dict]:
+                        keep_at_least: int = 1, max_points: int | None = None) -> tuple[np.ndarray, dict]:
     n = len(x)
+    sub = None if max_points is None or n <= int(max_points) else int(max_points)
     k_max = max_clusters_for(n, min_clips_per_cluster)
     info: dict = {"n": n}
     if k == "fixed":
         k_use = min(int(n_clusters), k_max)
-        assign, _ = kmeans(x, k_use, niter, nredo, seed, gpu, init) if k_use > 1 else (np.zeros(n, np.int64), None)
+        assign, _ = (kmeans(x, k_use, niter, nredo, seed, gpu, init, max(sub, k_use) if sub else None) if k_use > 1
+                     else (np.zeros(n, np.int64), None))
     else:
         lo, hi = int(k_range[0]), int(k_range[1])
         candidates = [c for c in range(lo, hi + 1) if c <= k_max and c <= n - 1]
         best: tuple[float, np.ndarray] | None = None
         scores = {}
         for c in candidates:
-            a, _ = kmeans(x, c, niter, nredo, seed, gpu, init)
+            a, _ = kmeans(x, c, niter, nredo, seed, gpu, init, max(sub, c) if sub else None)
             if len(np.unique(a)) < 2:
                 continue
-            s = float(silhouette_score(x, a))
+            s = float(silhouette_score(x, a, sample_size=sub, random_state=seed if sub else None))
             scores[c] = round(s, 4)
             if best is None or s > best[0]:
                 best = (s, a)
@@ -122,10 +149,16 @@ def cluster_one_speaker(x: np.ndarray, k: str, n_clusters: int, k_range: Sequenc
 def cluster_speakers(embeddings: np.ndarray, speakers: Sequence, k: str = "fixed", n_clusters: int = 2,
                      k_range: Sequence[int] = (2, 5), niter: int = 25, nredo: int = 3, seed: int = 0,
                      min_clips_per_cluster: int = 2, use_gpu: bool | str = "auto", init: str = "kmeans++",
-                     keep_at_least: int = 1) -> tuple[np.ndarray, dict]:
+                     keep_at_least: int = 1, max_points_per_speaker: int | None = None,
+                     threads: int | None = 1) -> tuple[np.ndarray, dict]:
     """Cluster ids (within speaker) for every row, and per-speaker info ({speaker: {n, k, ...}}).
 
     keep_at_least: merging of small clusters stops at this many clusters (the sampler needs C per speaker).
+    max_points_per_speaker: fit each speaker's k-means (and score silhouettes) on at most this many of
+        its clips, seeded; every clip is then assigned to its nearest centroid (None = all clips).
+    threads: faiss's OpenMP threads while clustering (None = leave as is). One speaker's problem is tiny
+        (tens to thousands of points): threads only add barriers, and on busy cores they cost 10-40x
+        (measured 0.07 s single-threaded vs 1-3 s with 2 threads, 24 speakers x 48 clips, loaded 2-core box).
 
     Takes only embeddings and speaker ids: pseudo-labels cannot depend on emotion labels.
     """
@@ -135,6 +168,8 @@ def cluster_speakers(embeddings: np.ndarray, speakers: Sequence, k: str = "fixed
         raise ValueError(f"clustering k_range={list(k_range)}: expected (low, high) with 2 <= low <= high")
     if k == "fixed" and int(n_clusters) < 1:
         raise ValueError(f"clustering n_clusters={n_clusters}: expected >= 1")
+    if max_points_per_speaker is not None and int(max_points_per_speaker) < 2:
+        raise ValueError(f"clustering max_points_per_speaker={max_points_per_speaker}: expected >= 2 or null (all)")
     embeddings = np.asarray(embeddings, dtype=np.float32)
     speakers = np.asarray(speakers)
     if embeddings.ndim != 2 or len(embeddings) != len(speakers):
@@ -144,12 +179,19 @@ def cluster_speakers(embeddings: np.ndarray, speakers: Sequence, k: str = "fixed
     gpu = use_faiss_gpu(use_gpu)
     labels = np.zeros(len(speakers), dtype=np.int64)
     info: dict = {}
-    for s_i, spk in enumerate(sorted(set(speakers.tolist()))):
-        rows = np.flatnonzero(speakers == spk)
-        assign, spk_info = cluster_one_speaker(embeddings[rows], k, n_clusters, k_range, niter, nredo, seed + s_i,
-                                               min_clips_per_cluster, gpu, init, keep_at_least)
-        labels[rows] = assign
-        info[spk] = spk_info
+    previous_threads = faiss.omp_get_max_threads()
+    if threads is not None:
+        faiss.omp_set_num_threads(max(1, int(threads)))
+    try:
+        for s_i, spk in enumerate(sorted(set(speakers.tolist()))):
+            rows = np.flatnonzero(speakers == spk)
+            assign, spk_info = cluster_one_speaker(embeddings[rows], k, n_clusters, k_range, niter, nredo, seed + s_i,
+                                                   min_clips_per_cluster, gpu, init, keep_at_least,
+                                                   max_points_per_speaker)
+            labels[rows] = assign
+            info[spk] = spk_info
+    finally:
+        faiss.omp_set_num_threads(previous_threads)
     return labels, info
 
 
@@ -197,6 +239,9 @@ class ClusteringRound:
     n_eligible_speakers: int
     k_per_speaker: dict = field(default_factory=dict)
     monitor: dict = field(default_factory=dict)
+    source: str = "full"
+    n_embedded: int = -1  # clips run through the encoder this round (all of them for source=full)
+    plot_seconds: float = 0.0  # the logged plot (outside `seconds`: only with an image logger)
 
 
 def records_fingerprint(records: Sequence) -> str:
@@ -205,6 +250,21 @@ def records_fingerprint(records: Sequence) -> str:
     for r in records:
         h.update(f"{r.corpus}/{r.utt_id}\n".encode())
     return h.hexdigest()
+
+
+def resolve_pass_precision(pass_precision: str, device: torch.device) -> str:
+    """"bf16" or "trainer" for the re-embedding pass. auto: bf16 on a CUDA device that has it, the trainer's
+    precision elsewhere: on CPUs bf16 is emulated without AMX / AVX-512 BF16 (several times slower,
+    utils/cpu_features), and even with AMX the GE2E pass measured 1.5x slower in bf16 (BENCHMARKS.md)."""
+    if pass_precision not in PASS_PRECISIONS:
+        raise ValueError(f"IntraSpeakerClustering pass_precision={pass_precision!r}: expected one of {PASS_PRECISIONS}")
+    if pass_precision != "auto":
+        if pass_precision == "bf16" and device.type == "cpu" and has_native_bf16(cpu_flags()) is False:
+            log.warning("clustering pass_precision=bf16 on a CPU without native bf16: emulated, several times slower")
+        return pass_precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "trainer"
 
 
 class IntraSpeakerClustering(Callback):
@@ -218,23 +278,48 @@ class IntraSpeakerClustering(Callback):
         smaller than it are merged into their nearest neighbour.
     monitor_emotions: after the labels are set, log purity/NMI against the records' emotion labels
         (if any). Purely diagnostic: it never changes the labels.
+    source: "full" (re-embed every training clip each round) or "memory_bank" (the training steps'
+        own embeddings; only clips not written in the last `bank_max_age` epochs are re-embedded).
+        memory_bank needs a module with `feed_embedding_bank` (the contrastive objectives).
+    bank_in_checkpoint: keep the bank in checkpoints (a resume then clusters exactly as the uninterrupted
+        run; N x D floats: turn off for very large corpora, a resume then re-embeds the clips once).
+    pass_precision: "auto" (bf16 on CUDA), "trainer" (the trainer's precision) or "bf16".
+    inference_mode: run the pass under torch.inference_mode (else no_grad).
+    max_points_per_speaker: fit k-means on at most this many clips of a speaker, assign the rest.
+    log_plot: with an image-capable logger (W&B), log a PCA plot of every round (plot_max_points clips).
     """
 
     def __init__(self, every_n_epochs: int = 1, k: str = "fixed", n_clusters: int = 2, k_range: Sequence[int] = (2, 5),
                  niter: int = 25, nredo: int = 3, seed: int = 0, min_clips_per_cluster: int = 2,
                  use_gpu: bool | str = "auto", init: str = "kmeans++", batch_size: int | None = None,
-                 monitor_emotions: bool = True):
+                 monitor_emotions: bool = True, source: str = "full", bank_max_age: int = 1,
+                 bank_in_checkpoint: bool = True, pass_precision: str = "auto", inference_mode: bool = True,
+                 max_points_per_speaker: int | None = None, log_plot: bool = True, plot_max_points: int = 2000):
         if k not in K_MODES:
             raise ValueError(f"IntraSpeakerClustering k={k!r}: expected one of {K_MODES}")
         if int(every_n_epochs) < 0:
             raise ValueError(f"IntraSpeakerClustering every_n_epochs={every_n_epochs}: expected >= 0")
+        if source not in SOURCES:
+            raise ValueError(f"IntraSpeakerClustering source={source!r}: expected one of {SOURCES}")
+        if int(bank_max_age) < 0:
+            raise ValueError(f"IntraSpeakerClustering bank_max_age={bank_max_age}: expected >= 0 (epochs)")
+        if pass_precision not in PASS_PRECISIONS:
+            raise ValueError(f"IntraSpeakerClustering pass_precision={pass_precision!r}: expected one of {PASS_PRECISIONS}")
+        if max_points_per_speaker is not None and int(max_points_per_speaker) < 2:
+            raise ValueError(f"IntraSpeakerClustering max_points_per_speaker={max_points_per_speaker}: "
+                             "expected >= 2 or null (all clips)")
         self.every_n_epochs, self.k, self.n_clusters, self.k_range = int(every_n_epochs), k, int(n_clusters), tuple(k_range)
         self.niter, self.nredo, self.seed, self.min_clips_per_cluster = int(niter), int(nredo), int(seed), int(min_clips_per_cluster)
         self.use_gpu, self.init, self.batch_size, self.monitor_emotions = use_gpu, init, batch_size, bool(monitor_emotions)
+        self.source, self.bank_max_age, self.bank_in_checkpoint = source, int(bank_max_age), bool(bank_in_checkpoint)
+        self.pass_precision, self.inference_mode = pass_precision, bool(inference_mode)
+        self.max_points_per_speaker = None if max_points_per_speaker is None else int(max_points_per_speaker)
+        self.log_plot, self.plot_max_points = bool(log_plot), int(plot_max_points)
         self.history: list[ClusteringRound] = []
         self.labels: np.ndarray | None = None  # the pseudo-labels in use
         self.labels_epoch: int | None = None  # the epoch they were computed for
         self._fingerprint: str | None = None
+        self.bank: EmbeddingBank | None = None
 
     # ----- schedule -----
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -244,12 +329,29 @@ class IntraSpeakerClustering(Callback):
         # builds its loader (`pseudo_label_source`), so a resumed run never clusters with initial weights.
         if stage != "fit":
             return
+        if self.source == "memory_bank":
+            if not hasattr(pl_module, "feed_embedding_bank"):
+                raise TypeError(f"IntraSpeakerClustering source=memory_bank needs a module that writes its training "
+                                f"embeddings (feed_embedding_bank, the contrastive objectives); {type(pl_module).__name__} "
+                                "does not: use source=full")
+            self._attach_bank(trainer, pl_module)
         dm = trainer.datamodule
         if hasattr(dm, "pseudo_label_source"):
             dm.pseudo_label_source = lambda: self.recluster(trainer, pl_module)
         else:
             pl_module.to(trainer.strategy.root_device)
             self.recluster(trainer, pl_module)
+
+    def _attach_bank(self, trainer: L.Trainer, pl_module: L.LightningModule) -> EmbeddingBank:
+        n = len(trainer.datamodule.train_records)
+        if self.bank is None or self.bank.n != n:
+            self.bank = EmbeddingBank(n)
+        pl_module.embedding_bank = self.bank
+        return self.bank
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if getattr(pl_module, "embedding_bank", None) is self.bank:
+            pl_module.embedding_bank = None  # the module outlives the fit (evaluation, export): no more writes
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         state = (checkpoint.get("callbacks") or {}).get(self.state_key)
@@ -265,6 +367,10 @@ class IntraSpeakerClustering(Callback):
             raise ValueError(f"clustering: the checkpoint's {len(self.labels)} pseudo-labels belong to another set of "
                              f"training clips than this run's {len(dm.train_records)} (data.* changed since it was "
                              "written); resume with the same data config, or warm-start with model.init_from=<ckpt>")
+        if self.source == "memory_bank":
+            if self.bank is None or self.bank.n != len(dm.train_records):
+                self.bank = None  # not in the checkpoint: the next round re-embeds what it needs
+            self._attach_bank(trainer, pl_module)
         dm.set_pseudo_labels(self.labels)
         log.info("clustering: resumed with the checkpoint's pseudo-labels (computed before epoch %s)", self.labels_epoch)
 
@@ -277,6 +383,36 @@ class IntraSpeakerClustering(Callback):
             self.recluster(trainer, pl_module)
 
     # ----- one round -----
+    def _pass_context(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode() if self.inference_mode else torch.no_grad())
+        device = next((p.device for p in pl_module.parameters()), trainer.strategy.root_device)
+        if resolve_pass_precision(self.pass_precision, device) == "bf16":
+            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+        return stack
+
+    def embed(self, trainer: L.Trainer, pl_module: L.LightningModule, records: Sequence) -> np.ndarray:
+        """The full encoder pass over `records` (sharded across DDP ranks, gathered on all)."""
+        strategy = trainer.strategy
+        with self._pass_context(trainer, pl_module):
+            return embed_records(pl_module, trainer.datamodule, records, self.batch_size, trainer.global_rank,
+                                 trainer.world_size, all_gather=lambda t: strategy.all_gather(t))
+
+    def embeddings_for_round(self, trainer: L.Trainer, pl_module: L.LightningModule, records: Sequence) -> tuple[np.ndarray, int]:
+        """(N, D) embeddings to cluster and how many clips went through the encoder for them."""
+        if self.source == "full":
+            return self.embed(trainer, pl_module, records), len(records)
+        bank = self.bank if self.bank is not None and self.bank.n == len(records) else self._attach_bank(trainer, pl_module)
+        epoch = int(trainer.current_epoch)
+        stale = bank.stale(epoch, self.bank_max_age)
+        if len(stale):
+            bank.write(stale, self.embed(trainer, pl_module, [records[i] for i in stale]), epoch)
+        still = bank.stale(epoch, self.bank_max_age)
+        if len(still):
+            raise ValueError(f"IntraSpeakerClustering: {len(still)} training clips have no finite embedding (e.g. "
+                             f"{[records[i].path for i in still[:3]]}): check the audio or the encoder's weights")
+        return bank.array().copy(), int(len(stale))
+
     def recluster(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ClusteringRound:
         dm = trainer.datamodule
         for attr in ("train_records", "utterance_loader", "set_pseudo_labels"):
@@ -292,8 +428,7 @@ class IntraSpeakerClustering(Callback):
         t0 = time.perf_counter()
         strategy = trainer.strategy
         world, rank = trainer.world_size, trainer.global_rank
-        emb = embed_records(pl_module, dm, records, self.batch_size, rank, world,
-                            all_gather=lambda t: strategy.all_gather(t))
+        emb, n_embedded = self.embeddings_for_round(trainer, pl_module, records)
         t_embed = time.perf_counter() - t0
         speakers = [r.speaker for r in records]  # the only record field label assignment reads
         hp = getattr(dm, "hparams", {})
@@ -302,7 +437,7 @@ class IntraSpeakerClustering(Callback):
         if rank == 0:
             labels, info = cluster_speakers(emb, speakers, self.k, self.n_clusters, self.k_range, self.niter,
                                             self.nredo, self.seed, self.min_clips_per_cluster, self.use_gpu, self.init,
-                                            keep_at_least=n_sub)
+                                            keep_at_least=n_sub, max_points_per_speaker=self.max_points_per_speaker)
         if world > 1:
             labels, info = strategy.broadcast((labels, info), src=0)
         t_total = time.perf_counter() - t0
@@ -318,36 +453,51 @@ class IntraSpeakerClustering(Callback):
         self._fingerprint = records_fingerprint(records)
         rnd = ClusteringRound(epoch=trainer.current_epoch, seconds=t_total, embed_seconds=t_embed,
                               kmeans_seconds=t_total - t_embed, mean_k=float(np.mean(ks)), n_eligible_speakers=eligible,
-                              k_per_speaker={s: v["k"] for s, v in info.items()})
+                              k_per_speaker={s: v["k"] for s, v in info.items()}, source=self.source,
+                              n_embedded=n_embedded)
         if self.monitor_emotions:
             emotions = record_emotions(records)  # monitoring only: the labels above are already set
             if emotions is not None:
                 rnd.monitor = emotion_agreement(speakers, labels, emotions)
         self.history.append(rnd)
-        self._log(trainer, rnd)
+        self._log(trainer, rnd, emb, speakers)
         return rnd
 
     @rank_zero_only
-    def _log(self, trainer: L.Trainer, rnd: ClusteringRound) -> None:
+    def _log(self, trainer: L.Trainer, rnd: ClusteringRound, emb: np.ndarray, speakers: Sequence) -> None:
         metrics = {"cluster/seconds": rnd.seconds, "cluster/embed_seconds": rnd.embed_seconds,
                    "cluster/kmeans_seconds": rnd.kmeans_seconds, "cluster/mean_k": rnd.mean_k,
-                   "cluster/eligible_speakers": float(rnd.n_eligible_speakers), "cluster/epoch": float(rnd.epoch)}
+                   "cluster/eligible_speakers": float(rnd.n_eligible_speakers), "cluster/epoch": float(rnd.epoch),
+                   "cluster/embedded_clips": float(rnd.n_embedded)}
         for key in ("purity", "nmi"):
             if key in rnd.monitor:
                 metrics[f"cluster/{key}"] = float(rnd.monitor[key])
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=trainer.global_step)
+        image_loggers = [lg for lg in trainer.loggers if callable(getattr(lg, "log_image", None))]
+        if self.log_plot and image_loggers:
+            from callbacks.cluster_plot import cluster_plot_image
+
+            t0 = time.perf_counter()
+            image = cluster_plot_image(emb, speakers, self.labels, title=f"clusters before epoch {rnd.epoch}",
+                                       max_points=self.plot_max_points, seed=self.seed)
+            for lg in image_loggers:
+                lg.log_image(key="cluster/plot", images=[image], step=trainer.global_step,
+                             caption=[f"epoch {rnd.epoch}: PCA by speaker | within-speaker clusters"])
+            rnd.plot_seconds = time.perf_counter() - t0
         mon = (f", emotion purity {rnd.monitor['purity']:.3f} NMI {rnd.monitor['nmi']:.3f} (monitoring only)"
                if rnd.monitor else "")
-        log.info("clustering before epoch %d: mean k %.2f, %d speakers eligible, %.2fs (embed %.2fs, k-means %.2fs)%s",
-                 rnd.epoch, rnd.mean_k, rnd.n_eligible_speakers, rnd.seconds, rnd.embed_seconds, rnd.kmeans_seconds, mon)
+        log.info("clustering before epoch %d (%s, %d clips embedded): mean k %.2f, %d speakers eligible, %.2fs "
+                 "(embed %.2fs, k-means %.2fs)%s", rnd.epoch, rnd.source, rnd.n_embedded, rnd.mean_k,
+                 rnd.n_eligible_speakers, rnd.seconds, rnd.embed_seconds, rnd.kmeans_seconds, mon)
 
-    # ----- checkpoint: the labels in use and the schedule's record -----
+    # ----- checkpoint: the labels in use, the schedule's record and the memory bank -----
     def state_dict(self) -> dict:
-        # Plain Python types only: checkpoints are read back with torch.load(weights_only=True).
+        # Plain Python types and tensors only: checkpoints are read back with torch.load(weights_only=True).
         return {"rounds": [json.loads(json.dumps(r.__dict__, default=float)) for r in self.history],
                 "labels": None if self.labels is None else [int(x) for x in self.labels],
-                "labels_epoch": self.labels_epoch, "records_fingerprint": self._fingerprint}
+                "labels_epoch": self.labels_epoch, "records_fingerprint": self._fingerprint,
+                "bank": self.bank.state_dict() if self.bank is not None and self.bank_in_checkpoint else None}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = [ClusteringRound(**r) for r in state_dict.get("rounds", [])]
@@ -355,3 +505,5 @@ class IntraSpeakerClustering(Callback):
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.labels_epoch = state_dict.get("labels_epoch")
         self._fingerprint = state_dict.get("records_fingerprint")
+        bank = state_dict.get("bank")
+        self.bank = EmbeddingBank.from_state_dict(bank) if bank is not None and self.source == "memory_bank" else None

@@ -111,6 +111,9 @@ class ClusterContrastiveModule(EmbeddingModule):
         self.projector = ProjectionHead(self.backbone.embedding_dim, **dict(projection)) if projection else None
         if freeze:
             freeze_backbone_parameters(self.backbone, list(freeze))
+        # Set by the clustering callback (source=memory_bank): every training embedding is kept per clip,
+        # so re-clustering reuses them instead of re-embedding the training set (callbacks/embedding_bank.py).
+        self.embedding_bank = None
 
     # ----- cross-rank gathering with the local slice differentiable -----
     def gather_for_loss(self, x: Tensor) -> Tensor:
@@ -139,6 +142,23 @@ class ClusterContrastiveModule(EmbeddingModule):
             speakers, classes, clusters = speakers.repeat(2), classes.repeat(2), clusters.repeat(2)
         return wav, speakers, classes, clusters
 
+    def feed_embedding_bank(self, batch: dict, emb: Tensor) -> None:
+        """Write this step's embeddings (before the projection head) to the clustering memory bank.
+
+        With two crops per clip the two views' mean is kept. Under DDP (index, embedding) are gathered from
+        every rank first, so all ranks hold the same bank (one collective per step, tiny next to the forward)."""
+        bank = self.embedding_bank
+        if bank is None:
+            return
+        index = batch["index"]
+        emb = emb.detach().float()
+        if len(emb) != len(index):  # two_crops: [view 1; view 2]
+            emb = emb.reshape(-1, len(index), emb.shape[-1]).mean(0)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            emb = self.all_gather(emb).flatten(0, 1)
+            index = self.all_gather(index.to(emb.device)).flatten(0, 1)
+        bank.write(index, emb, epoch=self.current_epoch)
+
     def contrastive_term(self, emb: Tensor, speakers: Tensor, clusters: Tensor) -> Tensor:
         z = self.projector(emb) if self.projector is not None else emb
         z_all, spk_all, clu_all = self.gather_for_loss(z), self.gather_for_loss(speakers), self.gather_for_loss(clusters)
@@ -158,6 +178,7 @@ class ClusterContrastiveModule(EmbeddingModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         wav, speakers, _, clusters = self.views(batch)
         emb = self.backbone.embed(wav).float()
+        self.feed_embedding_bank(batch, emb)
         loss = self.contrastive_term(emb, speakers, clusters)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(speakers))
         return loss

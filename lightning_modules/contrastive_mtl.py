@@ -92,6 +92,7 @@ class ContrastiveMTLModule(ClusterContrastiveModule):
         h = self.hparams
         wav, speakers, classes, clusters = self.views(batch)
         emb = self.backbone.embed(wav).float()
+        self.feed_embedding_bank(batch, emb)
         n = len(speakers)
         total = emb.new_zeros(())
         if h.contrastive_weight > 0:

@@ -10,6 +10,18 @@ at equal settings (k, iterations, restarts, k-means++), and checks they find the
     python scripts/benchmark_clustering.py experiment=contrastive_mtl trainer.max_epochs=3 --big-speakers 2000
 
 Positional `key=value` arguments are Hydra overrides of configs/train.yaml for part 1.
+
+`--compare-full` instead measures the cheap path against the original one in ONE training run: the run
+uses the configured source (the memory bank by default) and, right after each of its re-clustering
+rounds, a shadow callback runs the original full pass (every training clip through the encoder, no
+inference mode, the trainer's precision) with the same weights and k-means settings, without using its
+labels. Per round: both rounds' seconds against the epoch time, the agreement of the cheap labels with
+the full pass's (per-speaker adjusted Rand, and purity of the cheap clusters against the full ones),
+k-means's own seed-to-seed agreement on the full embeddings (the noise floor), and the emotion purity of
+both (monitoring only: no label reaches the pseudo-labels).
+
+    python scripts/benchmark_clustering.py --compare-full experiment=contrastive_mtl data=emodb \
+        data.root=/work/shared/corpora/emodb trainer.max_epochs=4
 """
 from __future__ import annotations
 
@@ -33,9 +45,20 @@ from omegaconf import open_dict  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
-from callbacks.intra_speaker_clustering import IntraSpeakerClustering, cluster_speakers  # noqa: E402
+from callbacks.intra_speaker_clustering import (IntraSpeakerClustering, cluster_speakers,  # noqa: E402
+                                                emotion_agreement, record_emotions)
 from lightning_modules.clip_embedding import embed_records  # noqa: E402
 from utils.compose import compose_config  # noqa: E402
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 class EpochTimer(L.Callback):
@@ -53,6 +76,102 @@ class EpochTimer(L.Callback):
         if self._t0 is not None:
             self.seconds.append(time.perf_counter() - self._t0)
             self._t0 = None
+
+
+def cluster_purity(labels: np.ndarray, reference: np.ndarray, speakers: np.ndarray) -> float:
+    """Share of clips whose (speaker, cluster) majority reference cluster is their own."""
+    hits = 0
+    for spk in np.unique(speakers):
+        m = speakers == spk
+        for c in np.unique(labels[m]):
+            hits += int(np.unique(reference[m][labels[m] == c], return_counts=True)[1].max())
+    return hits / len(labels)
+
+
+class ShadowFullPass(L.Callback):
+    """After each round of the clustering callback: the original full pass and its labels, compared."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        cb = next(c for c in trainer.callbacks if isinstance(c, IntraSpeakerClustering))
+        if not cb.history or cb.history[-1].epoch != trainer.current_epoch or \
+                any(r["epoch"] == trainer.current_epoch for r in self.rows):
+            return
+        self.compare(trainer, pl_module, cb)
+
+    def compare(self, trainer, pl_module, cb: IntraSpeakerClustering) -> None:
+        dm = trainer.datamodule
+        records = dm.train_records
+        speakers = np.array([r.speaker for r in records])
+        n_sub = int(dm.hparams.get("n_clusters_per_speaker", 2))
+        kw = dict(k=cb.k, n_clusters=cb.n_clusters, k_range=cb.k_range, niter=cb.niter, nredo=cb.nredo,
+                  min_clips_per_cluster=cb.min_clips_per_cluster, use_gpu=cb.use_gpu, init=cb.init, keep_at_least=n_sub)
+        t0 = time.perf_counter()
+        full = embed_records(pl_module, dm, records, cb.batch_size)  # the original pass: no_grad, trainer precision
+        full_labels, _ = cluster_speakers(full, speakers, seed=cb.seed, **kw)
+        full_s = time.perf_counter() - t0
+        other_seed, _ = cluster_speakers(full, speakers, seed=cb.seed + 1000, **kw)
+        cheap = np.asarray(cb.labels)
+        emotions = record_emotions(records)
+        rnd = cb.history[-1]
+        row = {"epoch": int(trainer.current_epoch), "source": rnd.source, "cheap_s": rnd.seconds,
+               "cheap_embedded": rnd.n_embedded, "full_s": full_s, "clips": len(records),
+               "ari_cheap_vs_full": per_speaker_ari(cheap, full_labels, speakers),
+               "purity_cheap_vs_full": cluster_purity(cheap, full_labels, speakers),
+               "ari_full_vs_full_other_seed": per_speaker_ari(other_seed, full_labels, speakers)}
+        if emotions is not None:
+            row["emotion_purity_cheap"] = emotion_agreement(speakers, cheap, emotions)["purity"]
+            row["emotion_purity_full"] = emotion_agreement(speakers, full_labels, emotions)["purity"]
+        self.rows.append(row)
+
+
+def compare_with_full_pass(overrides: list[str], out: Path) -> dict:
+    from utils.training import train
+
+    cfg = compose_config("train.yaml", overrides, out / "run")
+    with open_dict(cfg):
+        cfg.callbacks.pop("progress_bar", None)
+        cfg.trainer.enable_progress_bar = False
+        cfg.callbacks.epoch_timer = {"_target_": "benchmark_clustering.EpochTimer"}
+        cfg.callbacks.shadow_full_pass = {"_target_": "benchmark_clustering.ShadowFullPass"}
+    _, objs = train(cfg)
+    trainer = objs["trainer"]
+    timer = next(c for c in trainer.callbacks if type(c).__name__ == "EpochTimer")
+    shadow = next(c for c in trainer.callbacks if type(c).__name__ == "ShadowFullPass")
+    cb = next(c for c in trainer.callbacks if isinstance(c, IntraSpeakerClustering))
+    epoch_s = float(np.mean(timer.seconds))
+    later = [r for r in shadow.rows if r["epoch"] > 0]  # rounds where the cheap path differs from a full pass
+    n_epochs = len(timer.seconds)
+    summary = {"overrides": overrides, "clips": len(objs["datamodule"].train_records), "epochs": n_epochs,
+               "epoch_seconds": epoch_s, "epoch_seconds_each": timer.seconds, "every_n_epochs": cb.every_n_epochs,
+               "source": cb.source, "rounds": shadow.rows,
+               "share_full": float(np.mean([r["full_s"] for r in later]) / epoch_s) if later else None,
+               "share_cheap": float(np.mean([r["cheap_s"] for r in later]) / epoch_s) if later else None,
+               # the first round is a full pass on every path: its cost spread over the run's epochs
+               "share_cheap_with_first_round": float(sum(r["cheap_s"] for r in shadow.rows) / n_epochs / epoch_s),
+               "share_full_with_first_round": float(sum(r["full_s"] for r in shadow.rows) / n_epochs / epoch_s)}
+    return summary
+
+
+def compare_table(res: dict, cmd: str) -> str:
+    lines = [f"`{cmd}`", "", f"{res['clips']} training clips, epoch (training + validation, clustering excluded) "
+             f"{res['epoch_seconds']:.1f} s on average over {res['epochs']} epochs.", "",
+             "| before epoch | cheap round (s) | clips embedded | full pass round (s) | ARI cheap vs full | "
+             "purity cheap vs full | ARI full vs full (other k-means seed) | emotion purity cheap | emotion purity full |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["rounds"]:
+        lines.append(f"| {r['epoch']} | {r['cheap_s']:.2f} | {r['cheap_embedded']} / {r['clips']} | {r['full_s']:.2f} | "
+                     f"{r['ari_cheap_vs_full']:.3f} | {r['purity_cheap_vs_full']:.3f} | "
+                     f"{r['ari_full_vs_full_other_seed']:.3f} | {r.get('emotion_purity_cheap', float('nan')):.3f} | "
+                     f"{r.get('emotion_purity_full', float('nan')):.3f} |")
+    if res["share_full"] is not None:
+        lines += ["", f"Share of an epoch, rounds after the first: full pass **{100 * res['share_full']:.1f}%**, "
+                      f"{res['source']} **{100 * res['share_cheap']:.1f}%**; with the first round (a full pass on both) "
+                      f"spread over the {res['epochs']} epochs: {100 * res['share_full_with_first_round']:.1f}% vs "
+                      f"{100 * res['share_cheap_with_first_round']:.1f}%."]
+    return "\n".join(lines)
 
 
 def sklearn_cluster_speakers(emb: np.ndarray, speakers: np.ndarray, k: int, niter: int, nredo: int, seed: int) -> np.ndarray:
@@ -109,11 +228,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--nredo", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "logs" / "benchmark_clustering"))
+    ap.add_argument("--compare-full", action="store_true", help="cheap rounds vs the full pass in one run (see above)")
     args = ap.parse_args(argv)
     overrides = args.overrides or ["experiment=contrastive_mtl", "trainer.max_epochs=3"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+               "cpu": cpu_model(), "cuda": torch.cuda.is_available()}
+    if args.compare_full:
+        res = compare_with_full_pass(overrides, out)
+        res["machine"] = machine
+        table = compare_table(res, "python scripts/benchmark_clustering.py --compare-full " + " ".join(overrides))
+        print(table)
+        (out / "compare_full.json").write_text(json.dumps(res, indent=2))
+        (out / "compare_full.md").write_text(table + "\n")
+        return res
 
     # ----- part 1: clustering rounds vs training epochs in a real run -----
     from utils.training import train

@@ -21,7 +21,8 @@ from utils.training import train
 class FeatureBackbone(Backbone):
     """Fixed log-mel mean/std features (no parameters): fast, and they carry energy/pitch cues."""
 
-    def __init__(self, sample_rate: int = 16000, n_mels: int = 24):
+    def __init__(self, sample_rate: int = 16000, n_mels: int = 24, **_other_backbone_keys):
+        # Stands in for whatever backbone config is the default: its other keys are ignored.
         super().__init__()
         self.sample_rate, self.embedding_dim, self.frame_dim = sample_rate, 2 * n_mels, n_mels
         self.mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=400, hop_length=160, n_mels=n_mels)
