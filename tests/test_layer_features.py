@@ -356,3 +356,55 @@ def test_predict_applies_the_exported_layer_stats_bundle_like_evaluate(evaluated
     got = np.array([[float(rows[u][f"p_{c}"]) for c in head.classes_] for u in chosen])
     assert all(rows[u]["status"] == "ok" for u in chosen)
     assert np.allclose(got, expected, atol=2e-3)
+
+
+def test_a_bundle_whose_encoder_lost_the_recorded_layers_is_refused(evaluated_layers, tmp_path):
+    import json
+    import shutil
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import make_cfg
+    from utils.config_checks import ConfigError
+    from utils.predicting import load_model
+
+    out, _, _, _ = evaluated_layers
+    bundle = tmp_path / "model"
+    shutil.copytree(out / "model", bundle)
+    spec = json.loads((bundle / "bundle.json").read_text())
+    spec["features"]["backbone_layers"][0]["dim"] = 41  # as if the encoder's mel had another width
+    (bundle / "bundle.json").write_text(json.dumps(spec))
+    cfg = make_cfg("predict.yaml", tmp_path / "pred", [f"ckpt_path={bundle}", f"inputs={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"fitted on layer statistics of layers \[\('mel', 41\).*re-export"):
+        load_model(cfg)
+    GlobalHydra.instance().clear()
+
+
+def test_npz_keeps_the_feature_description_and_checks_it(tmp_path):
+    import numpy as np
+
+    from evaluation.embeddings_io import load_npz, save_npz, synthetic_set
+    from evaluation.layer_features import layer_stats_description
+
+    s = synthetic_set(n_speakers=3, clips_per_speaker=4, dim=10)
+    s.features = layer_stats_description(["a", "b"], [2, 3])
+    save_npz(s, tmp_path / "e.npz")
+    back = load_npz(tmp_path / "e.npz")
+    assert back.features == s.features and back.subset(np.arange(3)).features == s.features
+    s.features = layer_stats_description(["a", "b"], [2, 4])
+    with pytest.raises(ValueError, match=r"layers \['a', 'b'\] make 12 columns, the matrix has 10"):
+        save_npz(s, tmp_path / "bad.npz")
+
+
+def test_unknown_features_value_is_a_clear_error(tmp_path, synthetic_cache):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import make_cfg
+    from tests.test_evaluate import EVAL_CORPUS
+    from utils.config_checks import ConfigError
+    from utils.evaluating import evaluate
+
+    cfg = make_cfg("evaluate.yaml", tmp_path, EVAL_CORPUS + ["backbone=ge2e", "features=layers"], synthetic_cache)
+    with pytest.raises(ConfigError, match=r"features='layers': expected one of \['embedding', 'layer_stats'\]"):
+        evaluate(cfg)
+    GlobalHydra.instance().clear()
