@@ -109,8 +109,10 @@ def score(emb_set: EmbeddingSet, test_speakers, heads: list[str], seed: int) -> 
 
 def markdown(result: dict) -> str:
     s = result["settings"]
-    cmd = f"python scripts/distill_protocol.py {' '.join(s['overrides'])}"
-    if s["folds_run"] != list(range(s["n_folds"])):
+    cmd = " ".join(["python scripts/distill_protocol.py", *s["overrides"], *s.get("options", [])])
+    if s.get("merged_from"):
+        cmd += f" --folds k (one process per fold k in {s['folds_run']}), merged with --merge"
+    elif s["folds_run"] != list(range(s["n_folds"])):
         cmd += f" --folds {' '.join(map(str, s['folds_run']))}"
     lines = [f"### Distillation protocol: {s['corpus']}, {s['n_folds']}-fold speaker-independent "
              f"({len(s['folds_run'])} fold(s) run)", "", f"`{cmd}`", "",
@@ -159,6 +161,55 @@ def first_last(rows: list[dict], key: str, n: int = 3) -> str:
     return f"{np.mean(v[:n]):.3f} → {np.mean(v[-n:]):.3f}" if v else "n/a"
 
 
+def settings_of(args, cfg) -> dict:
+    return {"overrides": list(args.overrides), "options": options_of(args), "corpus": str(cfg.data.corpus),
+            "n_folds": args.n_folds, "seed": args.seed, "label_set": args.label_set, "heads": list(args.heads),
+            "val_speakers": args.val_speakers}
+
+
+def options_of(args) -> list[str]:
+    """The protocol options that differ from their defaults (so the printed command reproduces the run)."""
+    out = []
+    for flag, value, default in (("--n-folds", args.n_folds, 5), ("--seed", args.seed, 0),
+                                 ("--label-set", args.label_set, "four"), ("--val-speakers", args.val_speakers, 0.25)):
+        if value != default:
+            out += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    if list(args.heads) != ["svm", "linear"]:
+        out += ["--heads", *args.heads]
+    return out
+
+
+def assemble(per_fold: list[dict], settings: dict) -> dict:
+    """Per-head summary over the folds run and the paired comparisons (needs >= 2 folds)."""
+    heads = settings["heads"]
+    per_fold = sorted(per_fold, key=lambda f: f["fold"])
+    summary = {h: {e: {**{m: float(np.mean([f["scores"][e][h][m] for f in per_fold])) for m in METRICS},
+                       **{f"{m}_std": float(np.std([f["scores"][e][h][m] for f in per_fold])) for m in METRICS}}
+                   for e in ENCODERS} for h in heads}
+    comparisons = {}
+    if len(per_fold) >= 2:
+        ratio = float(np.mean([f["test_train_ratio"] for f in per_fold]))
+        for h in heads:
+            comparisons[h] = {f"distilled_vs_{b}": paired_comparison(
+                [f["scores"]["distilled"][h]["ua"] for f in per_fold], [f["scores"][b][h]["ua"] for f in per_fold],
+                test_train_ratio=ratio) for b in ("random_init", "front_end")}
+    settings = {**settings, "folds_run": [f["fold"] for f in per_fold]}
+    return {"settings": settings, "summary": summary, "comparisons": comparisons, "folds": per_fold}
+
+
+def merge(paths: list[str], settings: dict) -> dict:
+    """Folds run in separate processes (`--folds k` each; the folds and every fold's run are deterministic,
+    so they are the folds one process would have run), read from their partial or final JSON files."""
+    per_fold: dict[int, dict] = {}
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        for f in data["folds"] if isinstance(data, dict) else data:
+            if f["fold"] in per_fold:
+                raise SystemExit(f"--merge: fold {f['fold']} appears twice (again in {p})")
+            per_fold[f["fold"]] = f
+    return assemble(list(per_fold.values()), {**settings, "merged_from": list(paths)})
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=distill data=emodb data.root=...")
@@ -171,8 +222,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--val-speakers", type=float, default=0.25,
                     help="validation speakers carved out of each fold's training speakers (fraction < 1, or a count)")
     ap.add_argument("--out", default=None, help="output folder (default: logs/distill_protocol/<corpus>)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="no training: combine the folds of earlier runs (partial or final JSON files) into one report")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.merge:
+        cfg = compose_config("train.yaml", list(args.overrides), ROOT / "logs" / "distill_protocol")
+        out = Path(args.out or ROOT / "logs" / "distill_protocol" / str(cfg.data.corpus))
+        out.mkdir(parents=True, exist_ok=True)
+        result = merge(args.merge, settings_of(args, cfg))
+        return write_report(result, out)
 
     base = list(args.overrides) + ["data.val_speakers=0"]
     probe = compose_config("train.yaml", base, ROOT / "logs" / "distill_protocol")
@@ -235,20 +294,11 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "distill_protocol.partial.json").write_text(json.dumps(per_fold, indent=2))
         del distilled, start, objs
 
-    summary = {h: {e: {**{m: float(np.mean([f["scores"][e][h][m] for f in per_fold])) for m in METRICS},
-                       **{f"{m}_std": float(np.std([f["scores"][e][h][m] for f in per_fold])) for m in METRICS}}
-                   for e in ENCODERS} for h in args.heads}
-    comparisons = {}
-    if len(per_fold) >= 2:
-        ratio = float(np.mean([f["test_train_ratio"] for f in per_fold]))
-        for h in args.heads:
-            comparisons[h] = {f"distilled_vs_{b}": paired_comparison(
-                [f["scores"]["distilled"][h]["ua"] for f in per_fold], [f["scores"][b][h]["ua"] for f in per_fold],
-                test_train_ratio=ratio) for b in ("random_init", "front_end")}
-    result = {"settings": {"overrides": list(args.overrides), "corpus": str(cfg.data.corpus), "n_folds": len(folds),
-                           "folds_run": run_idx, "seed": args.seed, "label_set": args.label_set, "heads": args.heads,
-                           "n_clips_evaluated": len(records), "val_speakers": args.val_speakers},
-              "summary": summary, "comparisons": comparisons, "folds": per_fold}
+    result = assemble(per_fold, {**settings_of(args, cfg), "n_folds": len(folds), "n_clips_evaluated": len(records)})
+    return write_report(result, out)
+
+
+def write_report(result: dict, out: Path) -> dict:
     table = markdown(result)
     print(table)
     (out / "distill_protocol.json").write_text(json.dumps(result, indent=2))

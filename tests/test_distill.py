@@ -472,3 +472,31 @@ def test_protocol_front_end_cache_is_exact_and_never_crosses_front_ends():
     expected_c = c.embed_utterances(wavs)[0]
     cache.attach(c)
     assert torch.equal(c.embed_utterances(wavs)[0], expected_c) and cache.misses == 2
+
+
+def test_protocol_merges_folds_run_in_separate_processes(tmp_path):
+    """Folds run one per process are combined into the report one process would have written: folds in
+    order, means over all of them, the paired comparison over their per-fold UA; a fold given twice is refused."""
+    import importlib
+    import json
+
+    protocol = importlib.import_module("scripts.distill_protocol")
+
+    def fold(k: int, distilled: float, random_init: float) -> dict:
+        ua = {"front_end": 0.8, "random_init": random_init, "distilled": distilled}
+        return {"fold": k, "test_speakers": [f"s{k}"], "test_train_ratio": 0.25, "seconds": 60.0, "loss_history": [],
+                "scores": {e: {"svm": {"ua": v, "wa": v, "macro_f1": v}} for e, v in ua.items()}}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([fold(2, 0.70, 0.60)]))
+    b.write_text(json.dumps({"folds": [fold(0, 0.75, 0.70), fold(1, 0.65, 0.66)]}))
+    settings = {"overrides": [], "options": [], "corpus": "x", "n_folds": 3, "heads": ["svm"]}
+    result = protocol.merge([str(a), str(b)], settings)
+    assert result["settings"]["folds_run"] == [0, 1, 2]
+    assert result["summary"]["svm"]["distilled"]["ua"] == pytest.approx(0.70)
+    comparison = result["comparisons"]["svm"]["distilled_vs_random_init"]
+    assert comparison["mean_difference"] == pytest.approx((0.05 - 0.01 + 0.10) / 3)
+    assert (comparison["wins_a"], comparison["wins_b"]) == (2, 1)
+    assert "--merge" in protocol.markdown(result)
+    with pytest.raises(SystemExit, match="fold 2 appears twice"):
+        protocol.merge([str(a), str(a)], settings)
