@@ -84,13 +84,14 @@ def test_deeptalk_layers_are_filterbank_reference_stages_gru_and_style(deeptalk)
 
 def test_data2vec_cnn_and_context_encoder_layers():
     torch.manual_seed(0)
-    cnn = ConvFeatureEncoderBackbone().eval()
+    spec = [(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2  # data2vec's kernels and strides, narrower (fast)
+    cnn = ConvFeatureEncoderBackbone(conv_layers=spec).eval()
     wav = _speechlike(16000)
     layers = cnn.layers(wav)
     assert cnn.layer_names() == [f"conv{i}" for i in range(1, 8)]
-    assert [y.shape[1] for y in layers] == [3199, 1599, 799, 399, 199, 99, 49] and all(y.shape[2] == 512 for y in layers)
+    assert [y.shape[1] for y in layers] == [3199, 1599, 799, 399, 199, 99, 49] and all(y.shape[2] == 32 for y in layers)
     assert torch.allclose(layers[-1], cnn.frames(wav))
-    enc = ContextEncoderBackbone({"_target_": "tests.helpers.TinyBackbone"}, dim=32, depth=3, heads=2,
+    enc = ContextEncoderBackbone(GE2EBackbone(pretrained=False), dim=32, depth=3, heads=2,
                                  n_extra_tokens=2, conv_pos_depth=2, conv_pos_width=10, conv_pos_groups=4,
                                  dropout=0.0, attention_dropout=0.0).eval()
     layers = enc.layers(wav)
