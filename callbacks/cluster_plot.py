@@ -11,12 +11,16 @@ from typing import Sequence
 
 import numpy as np
 from sklearn.decomposition import PCA
+from threadpoolctl import threadpool_limits
 
 
 def _pca2(x: np.ndarray, seed: int) -> np.ndarray:
-    if len(x) < 2 or x.shape[1] < 2:
+    if len(x) < 3 or x.shape[1] < 2:
         return np.zeros((len(x), 2))
-    return PCA(n_components=2, random_state=seed).fit_transform(x)
+    # The D x D covariance's eigenvectors, single-threaded: sklearn's default randomized SVD with threaded
+    # BLAS took ~1 s per call on a busy 2-core box, this takes milliseconds.
+    with threadpool_limits(1):
+        return PCA(n_components=2, svd_solver="covariance_eigh", random_state=seed).fit_transform(x)
 
 
 def cluster_plot_image(emb: np.ndarray, speakers: Sequence, clusters: Sequence[int], title: str = "",
