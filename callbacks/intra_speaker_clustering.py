@@ -255,7 +255,7 @@ def records_fingerprint(records: Sequence) -> str:
 def resolve_pass_precision(pass_precision: str, device: torch.device) -> str:
     """"bf16" or "trainer" for the re-embedding pass. auto: bf16 on a CUDA device that has it, the trainer's
     precision elsewhere: on CPUs bf16 is emulated without AMX / AVX-512 BF16 (several times slower,
-    utils/cpu_features), and even with AMX the GE2E pass measured 1.5x slower in bf16 (BENCHMARKS.md)."""
+    utils/cpu_features), and even with AMX the GE2E pass measured 1.5-1.9x slower in bf16 (BENCHMARKS.md)."""
     if pass_precision not in PASS_PRECISIONS:
         raise ValueError(f"IntraSpeakerClustering pass_precision={pass_precision!r}: expected one of {PASS_PRECISIONS}")
     if pass_precision != "auto":
@@ -348,6 +348,10 @@ class IntraSpeakerClustering(Callback):
             self.bank = EmbeddingBank(n)
         pl_module.embedding_bank = self.bank
         return self.bank
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.source == "memory_bank":  # after any checkpoint restore: the module feeds the bank in use
+            self._attach_bank(trainer, pl_module)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if getattr(pl_module, "embedding_bank", None) is self.bank:
@@ -506,4 +510,13 @@ class IntraSpeakerClustering(Callback):
         self.labels_epoch = state_dict.get("labels_epoch")
         self._fingerprint = state_dict.get("records_fingerprint")
         bank = state_dict.get("bank")
-        self.bank = EmbeddingBank.from_state_dict(bank) if bank is not None and self.source == "memory_bank" else None
+        if bank is None or self.source != "memory_bank":
+            self.bank = None
+        else:
+            # Lightning restores callbacks with on_load_checkpoint, then load_state_dict again: keep one object,
+            # the one the module writes to.
+            restored = EmbeddingBank.from_state_dict(bank)
+            if self.bank is not None and self.bank.n == restored.n:
+                self.bank.values, self.bank.written_epoch = restored.values, restored.written_epoch
+            else:
+                self.bank = restored

@@ -155,6 +155,37 @@ def compare_with_full_pass(overrides: list[str], out: Path) -> dict:
     return summary
 
 
+def time_pass_precisions(overrides: list[str], out: Path, n_clips: int, repeats: int = 2) -> list[dict]:
+    """The re-embedding pass over the first n_clips training clips (untrained encoder of the config) under
+    no_grad fp32 (the original), inference_mode fp32 and inference_mode + bf16 autocast, interleaved."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from lightning_modules.embedding_module import EmbeddingModule
+
+    cfg = compose_config("train.yaml", overrides, out / "precision")
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    module = EmbeddingModule(OmegaConf.to_container(cfg.backbone, resolve=True))
+    records = dm.train_records[:n_clips]
+    variants = {"no_grad fp32": (torch.no_grad, False), "inference_mode fp32": (torch.inference_mode, False),
+                "inference_mode bf16": (torch.inference_mode, True)}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    ref = None
+    cos = {}
+    for _ in range(repeats):
+        for name, (grad_mode, bf16) in variants.items():
+            t0 = time.perf_counter()
+            with grad_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                emb = embed_records(module, dm, records)
+            times[name].append(time.perf_counter() - t0)
+            ref = emb if ref is None else ref
+            cos[name] = float((emb * ref).sum(1).mean())
+    return [{"variant": k, "clips": len(records), "seconds_each": v, "seconds_min": min(v),
+             "mean_cosine_to_no_grad_fp32": cos[k]} for k, v in times.items()]
+
+
 def compare_table(res: dict, cmd: str) -> str:
     lines = [f"`{cmd}`", "", f"{res['clips']} training clips, epoch (training + validation, clustering excluded) "
              f"{res['epoch_seconds']:.1f} s on average over {res['epochs']} epochs.", "",
@@ -229,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "logs" / "benchmark_clustering"))
     ap.add_argument("--compare-full", action="store_true", help="cheap rounds vs the full pass in one run (see above)")
+    ap.add_argument("--pass-precision-clips", type=int, default=0,
+                    help="only time the pass over this many clips: no_grad fp32 vs inference_mode fp32 vs bf16")
     args = ap.parse_args(argv)
     overrides = args.overrides or ["experiment=contrastive_mtl", "trainer.max_epochs=3"]
     out = Path(args.out)
@@ -236,6 +269,14 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
     machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                "cpu": cpu_model(), "cuda": torch.cuda.is_available()}
+    if args.pass_precision_clips:
+        rows = time_pass_precisions(overrides, out, args.pass_precision_clips)
+        lines = ["| pass | clips | seconds (best of 2) | mean cosine to no_grad fp32 |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['variant']} | {r['clips']} | {r['seconds_min']:.2f} | {r['mean_cosine_to_no_grad_fp32']:.6f} |"
+                  for r in rows]
+        print("\n".join(lines))
+        (out / "pass_precision.json").write_text(json.dumps({"rows": rows, "machine": machine}, indent=2))
+        return {"rows": rows}
     if args.compare_full:
         res = compare_with_full_pass(overrides, out)
         res["machine"] = machine

@@ -145,6 +145,19 @@ def test_bank_survives_a_safe_checkpoint_round_trip(train_cfg_factory):
     assert cb.bank is not None and (cb.bank.written_epoch == 0).all() and torch.isfinite(cb.bank.values).all()
 
 
+def test_a_resumed_run_keeps_feeding_the_restored_bank(train_cfg_factory):
+    """Resumed from epoch 0's checkpoint: epoch 1's steps must reach the bank the callback clusters from,
+    or every clip looks stale before epoch 2 and is re-embedded."""
+    first = train_cfg_factory(*BANK_RUN, "trainer.max_epochs=1", out="first")
+    train(first)
+    ckpt = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    resumed = train_cfg_factory(*BANK_RUN, "trainer.max_epochs=3", f"ckpt_path={ckpt}", out="resumed")
+    _, objs = train(resumed)
+    cb = clustering_callback(objs)
+    assert [r.epoch for r in cb.history] == [0, 1, 2]
+    assert cb.history[2].n_embedded < cb.bank.n
+
+
 # ----- k-means on a subsample -----
 def test_subsample_kmeans_assigns_every_clip_and_finds_the_full_partition():
     x, spk, truth = blobs()
