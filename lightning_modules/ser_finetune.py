@@ -162,7 +162,7 @@ class SERFinetuneModule(EmbeddingModule):
     def __init__(self, backbone: Backbone | Mapping[str, Any], class_names: Sequence[str] | None = None,
                  freeze: str = "partial", freeze_stages: int = 2, pooling: str = "layers", stats: str = "mean_std",
                  pooled_dim: int = 256, classifier_hidden: int = 128, dropout: float = 0.2,
-                 class_weights: str = "balanced", head_lr: float = 1e-3, window_seconds: float | None = None,
+                 class_weights: str = "balanced", head_lr: float = 1e-2, window_seconds: float | None = None,
                  max_windows_per_batch: int = 64, **kwargs):
         kwargs.setdefault("probe_every_n_epochs", 0)  # its own classifier is scored instead of a probe
         super().__init__(backbone, **kwargs)
