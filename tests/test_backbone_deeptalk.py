@@ -121,8 +121,9 @@ def test_reference_equals_deeptalk_fcnn_and_stl(model8):
 
     stl = model8.style_tokens
     query = torch.randn(3, 128)
+    assert stl.normalize_query  # our default: DeepTalk's attention on the standardised reference embedding
     with torch.no_grad():  # DeepTalk's MultiHeadAttention.forward, verbatim in torch ops
-        q, keys = stl.w_query(query.unsqueeze(1)), torch.tanh(stl.tokens).unsqueeze(0).expand(3, -1, -1)
+        q, keys = stl.w_query(F.layer_norm(query, (128,)).unsqueeze(1)), torch.tanh(stl.tokens).unsqueeze(0).expand(3, -1, -1)
         kk, vv = stl.w_key(keys), stl.w_value(keys)
         split = lambda x: torch.stack(torch.split(x, 256 // GST_HEADS, dim=2), dim=0)
         scores = torch.softmax(split(q) @ split(kk).transpose(2, 3) / (stl.token_dim ** 0.5), dim=3)
@@ -203,3 +204,46 @@ def test_flops_counted_match_analytic(model16):
     # ~0.77 GFLOP per second of 16 kHz audio, ~0.09 at DeepTalk's 8 kHz; the filterbank is >98% of it.
     assert 0.7e9 < flops_per_second_of_audio(model16) < 0.8e9
     assert 100 * model16.filterbank.flops_per_frame() > 0.98 * flops_per_second_of_audio(model16)
+
+
+def _clip_spread(model: DeepTalkBackbone, wav: torch.Tensor) -> tuple[float, float]:
+    """(mean pairwise cosine of different clips' embeddings, mean attention entropy / log(tokens)) in
+    training mode (batch-norm on batch statistics, as the first training steps see it)."""
+    model.train()
+    with torch.no_grad():
+        state = model.reference_encoder(model.frames(wav))
+        attn = model.style_tokens.attention(state)
+        e = F.normalize(model.style_tokens(state), dim=1)
+    off = ~torch.eye(len(e), dtype=torch.bool)
+    entropy = -(attn * attn.clamp_min(1e-12).log()).sum(-1).mean() / math.log(attn.shape[-1])
+    return float((e @ e.T)[off].mean()), float(entropy)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_style_token_init_does_not_start_collapsed(seed):
+    """With the usual GST init every clip gets (almost) the same embedding: the attention over tokens is
+    uniform, so a metric loss has nothing to separate and DeepTalk never learns from scratch."""
+    wav = torch.cat([_speechlike(8000, 8000, batch=1, seed=s) * (0.5 + s / 8) for s in range(8)])
+    torch.manual_seed(seed)
+    paper = DeepTalkBackbone(sample_rate=8000, gst_paper_init=True, gst_normalize_query=False, gst_token_init_std=0.5)
+    torch.manual_seed(seed)
+    ours = DeepTalkBackbone(sample_rate=8000)
+    paper_cos, paper_entropy = _clip_spread(paper, wav)
+    cos, entropy = _clip_spread(ours, wav)
+    assert paper_cos > 0.99 and paper_entropy > 0.999  # the failure this init avoids, reproduced
+    assert cos < 0.95, cos
+    assert entropy < 0.98, entropy
+
+
+def test_filterbank_keeps_selu_activations_at_unit_scale():
+    """LeCun-normal conv init: SELU's fixed point. PyTorch's default init shrinks the activations layer by
+    layer until the biases dominate and the filterbank output barely varies over time."""
+    torch.manual_seed(0)
+    model = DeepTalkBackbone(sample_rate=8000).train()
+    stds = []
+    hooks = [c.register_forward_hook(lambda m, i, o: stds.append(float(o.std()))) for c in model.filterbank.convs]
+    model.frames(_speechlike(8000, 8000))  # with gradients: the training path (the convolutions themselves)
+    for h in hooks:
+        h.remove()
+    assert len(stds) == len(model.filterbank.convs)
+    assert all(0.5 < s < 2.0 for s in stds), stds
