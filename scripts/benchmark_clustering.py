@@ -91,13 +91,16 @@ def cluster_purity(labels: np.ndarray, reference: np.ndarray, speakers: np.ndarr
 class ShadowFullPass(L.Callback):
     """After each round of the clustering callback: the original full pass and its labels, compared."""
 
-    def __init__(self):
+    def __init__(self, epochs: list[int] | None = None):
         self.rows: list[dict] = []
+        self.epochs = None if epochs is None else set(int(e) for e in epochs)  # None: after every round
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         cb = next(c for c in trainer.callbacks if isinstance(c, IntraSpeakerClustering))
         if not cb.history or cb.history[-1].epoch != trainer.current_epoch or \
                 any(r["epoch"] == trainer.current_epoch for r in self.rows):
+            return
+        if self.epochs is not None and trainer.current_epoch not in self.epochs:
             return
         self.compare(trainer, pl_module, cb)
 
@@ -127,7 +130,7 @@ class ShadowFullPass(L.Callback):
         self.rows.append(row)
 
 
-def compare_with_full_pass(overrides: list[str], out: Path) -> dict:
+def compare_with_full_pass(overrides: list[str], out: Path, shadow_epochs: list[int] | None = None) -> dict:
     from utils.training import train
 
     cfg = compose_config("train.yaml", overrides, out / "run")
@@ -135,7 +138,7 @@ def compare_with_full_pass(overrides: list[str], out: Path) -> dict:
         cfg.callbacks.pop("progress_bar", None)
         cfg.trainer.enable_progress_bar = False
         cfg.callbacks.epoch_timer = {"_target_": "benchmark_clustering.EpochTimer"}
-        cfg.callbacks.shadow_full_pass = {"_target_": "benchmark_clustering.ShadowFullPass"}
+        cfg.callbacks.shadow_full_pass = {"_target_": "benchmark_clustering.ShadowFullPass", "epochs": shadow_epochs}
     _, objs = train(cfg)
     trainer = objs["trainer"]
     timer = next(c for c in trainer.callbacks if type(c).__name__ == "EpochTimer")
@@ -149,9 +152,10 @@ def compare_with_full_pass(overrides: list[str], out: Path) -> dict:
                "source": cb.source, "rounds": shadow.rows,
                "share_full": float(np.mean([r["full_s"] for r in later]) / epoch_s) if later else None,
                "share_cheap": float(np.mean([r["cheap_s"] for r in later]) / epoch_s) if later else None,
-               # the first round is a full pass on every path: its cost spread over the run's epochs
-               "share_cheap_with_first_round": float(sum(r["cheap_s"] for r in shadow.rows) / n_epochs / epoch_s),
-               "share_full_with_first_round": float(sum(r["full_s"] for r in shadow.rows) / n_epochs / epoch_s)}
+               "all_rounds": [{"epoch": r.epoch, "seconds": r.seconds, "n_embedded": r.n_embedded} for r in cb.history]}
+    if len(shadow.rows) == len(cb.history):  # the first round is a full pass on both paths: spread over the epochs
+        summary["share_cheap_with_first_round"] = float(sum(r["cheap_s"] for r in shadow.rows) / n_epochs / epoch_s)
+        summary["share_full_with_first_round"] = float(sum(r["full_s"] for r in shadow.rows) / n_epochs / epoch_s)
     return summary
 
 
@@ -198,10 +202,13 @@ def compare_table(res: dict, cmd: str) -> str:
                      f"{r['ari_full_vs_full_other_seed']:.3f} | {r.get('emotion_purity_cheap', float('nan')):.3f} | "
                      f"{r.get('emotion_purity_full', float('nan')):.3f} |")
     if res["share_full"] is not None:
-        lines += ["", f"Share of an epoch, rounds after the first: full pass **{100 * res['share_full']:.1f}%**, "
-                      f"{res['source']} **{100 * res['share_cheap']:.1f}%**; with the first round (a full pass on both) "
-                      f"spread over the {res['epochs']} epochs: {100 * res['share_full_with_first_round']:.1f}% vs "
-                      f"{100 * res['share_cheap_with_first_round']:.1f}%."]
+        lines += ["", f"Share of an epoch, compared rounds after the first: full pass **{100 * res['share_full']:.1f}%**, "
+                      f"{res['source']} **{100 * res['share_cheap']:.1f}%**."]
+        if "share_cheap_with_first_round" in res:
+            lines[-1] += (f" With the first round (a full pass on both) spread over the {res['epochs']} epochs: "
+                          f"{100 * res['share_full_with_first_round']:.1f}% vs {100 * res['share_cheap_with_first_round']:.1f}%.")
+    lines += ["", "Every round of the run (seconds, clips embedded): " + ", ".join(
+        f"before epoch {r['epoch']}: {r['seconds']:.2f} s, {r['n_embedded']}" for r in res["all_rounds"])]
     return "\n".join(lines)
 
 
@@ -260,6 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "logs" / "benchmark_clustering"))
     ap.add_argument("--compare-full", action="store_true", help="cheap rounds vs the full pass in one run (see above)")
+    ap.add_argument("--shadow-epochs", type=int, nargs="*", default=None,
+                    help="with --compare-full: run the full pass only after these epochs' rounds (default: all)")
     ap.add_argument("--pass-precision-clips", type=int, default=0,
                     help="only time the pass over this many clips: no_grad fp32 vs inference_mode fp32 vs bf16")
     args = ap.parse_args(argv)
@@ -278,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "pass_precision.json").write_text(json.dumps({"rows": rows, "machine": machine}, indent=2))
         return {"rows": rows}
     if args.compare_full:
-        res = compare_with_full_pass(overrides, out)
+        res = compare_with_full_pass(overrides, out, args.shadow_epochs)
         res["machine"] = machine
         table = compare_table(res, "python scripts/benchmark_clustering.py --compare-full " + " ".join(overrides))
         print(table)

@@ -20,6 +20,7 @@ from utils.training import train
 # crop embeddings can be compared with it; 2 speakers per batch so the DDP run's plan equals 1 process's.
 BANK_RUN = [FEATURES, "model=contrastive", "model.projection={hidden_dim: 16, out_dim: 8}", "callbacks=clustering",
             "callbacks.intra_speaker_clustering.source=memory_bank", "callbacks.intra_speaker_clustering.n_clusters=2",
+            "callbacks.intra_speaker_clustering.bank_max_age=1",
             "data.n_speakers=2", "data.n_per_speaker=2", "+trainer.limit_val_batches=0", "data.num_workers=0",
             "data.corpus_options.clips_per_emotion=4", *QUIET]  # 96 clips: 12 batches of 8 on 1 or 2 ranks
 
