@@ -14,6 +14,13 @@ distilled vs the front end.
 
     python scripts/distill_protocol.py experiment=distill data=emodb data.root=/work/shared/corpora/emodb
     python scripts/distill_protocol.py experiment=distill data=emodb data.root=... trainer.max_epochs=4 --folds 0 1
+    python scripts/distill_protocol.py <same overrides and options> --merge run0/distill_protocol.json run1/...
+
+Folds can run in separate processes (`--folds k` each, e.g. in parallel) and be combined with `--merge`:
+the folds and each fold's run are deterministic, so the merged report is the one a single process
+writes. A frozen front end's frames are computed once and shared by the encoders compared
+(`FrozenFrontEndCache`). A fold with fewer distillation speakers than `data.n_speakers` batches
+all of them (logged).
 
 Positional `key=value` arguments are Hydra overrides of configs/train.yaml.
 """
@@ -40,6 +47,7 @@ import torch  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
 from cluster_analysis import build_datamodule, load_encoder, select_records  # noqa: E402
+from datamodules.speaker_datamodule import split_speakers  # noqa: E402
 from evaluation.embeddings_io import EmbeddingSet  # noqa: E402
 from evaluation.protocols import make_folds  # noqa: E402
 from evaluation.run_heads import run_evaluation  # noqa: E402
@@ -266,7 +274,12 @@ def main(argv: list[str] | None = None) -> dict:
         train_speakers = sorted(set(speakers[fold.train_idx].tolist()))
         n_val = int(args.val_speakers) if args.val_speakers >= 1 else args.val_speakers
         fcfg = fold_config(list(args.overrides), out / f"fold{k}", train_speakers, n_val)
+        n_distil = len(split_speakers(train_speakers, n_val, int(fcfg.data.get("seed", 0)))[0])
         with open_dict(fcfg):
+            if int(fcfg.data.n_speakers) > n_distil:  # a fold with more test speakers has fewer to batch from
+                log.info("fold %d: data.n_speakers %d -> %d (the fold's distillation speakers)", k,
+                         int(fcfg.data.n_speakers), n_distil)
+                fcfg.data.n_speakers = n_distil
             fcfg.callbacks.start_snapshot = {"_target_": "scripts.distill_protocol.StartSnapshot"}
             fcfg.callbacks.loss_history = {"_target_": "scripts.distill_protocol.LossHistory"}
         metrics, objs = train(fcfg)
