@@ -29,6 +29,12 @@ def synthetic_cache(tmp_path_factory) -> Path:
 
 
 def make_cfg(config_name: str, tmp_path: Path, overrides: list[str], data_dir: Path | None = None) -> DictConfig:
+    overrides = list(overrides)
+    if "backbone._target_=tests.helpers.TinyBackbone" in overrides and not any(
+            o.startswith("backbone.sample_rate=") for o in overrides):
+        # the tiny test encoder keeps 16 kHz (the rate its tests were measured at), whatever the default
+        # backbone's rate (DeepTalk: 8 kHz) that its config otherwise inherits
+        overrides.append("backbone.sample_rate=16000")
     return compose_config(config_name, overrides, output_dir=tmp_path, log_dir=tmp_path / "logs", data_dir=data_dir)
 
 
