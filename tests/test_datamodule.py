@@ -28,7 +28,8 @@ def test_held_out_speakers_never_train(train_cfg_factory):
 def test_train_batches_are_p_speakers_by_k_crops(train_cfg_factory):
     dm = _dm(train_cfg_factory)
     batch = next(iter(dm.train_dataloader()))
-    assert batch["wav"].shape == (8, 16000)  # P=4 x K=2 crops of 1.0 s at 16 kHz
+    assert dm.hparams.crop_seconds == 1.0
+    assert batch["wav"].shape == (8, dm.hparams.sample_rate)  # P=4 x K=2 crops of 1.0 s at the backbone's rate
     assert sorted(Counter(batch["label"].tolist()).values()) == [2, 2, 2, 2]
     val = next(iter(dm.val_dataloader()))
     assert isinstance(val["wavs"], list) and len({w.shape[0] for w in val["wavs"]}) > 1  # whole utterances
@@ -54,7 +55,7 @@ def test_shards_format_streams_the_training_clips(train_cfg_factory, tmp_path):
     assert len(seen) == (len(dm.train_records) // 8) * 8  # full batches of P*K, each clip at most once
     assert len(set(seen)) == len(seen)
     batch = next(iter(loader))
-    assert batch["wav"].shape == (8, 16000)
+    assert batch["wav"].shape == (8, dm.hparams.sample_rate)  # 1.0 s crops
 
 
 def test_validation_batches_carry_speaker_and_emotion_ids_of_validation_speakers_only(train_cfg_factory):
