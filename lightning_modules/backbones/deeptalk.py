@@ -243,14 +243,16 @@ class ReferenceEncoder(nn.Module):
 
     def stages(self, feats: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
         """(every conv stage's output as (B, T_i, C_i * F_i), GRU outputs (B, T', gru_size), final state (B, gru_size))."""
-        x = feats.unsqueeze(1)  # (B, 1, T, n_mels)
+        x = feats.float().unsqueeze(1)  # (B, 1, T, n_mels)
         convs = []
-        for conv, bn in zip(self.convs, self.bns):
-            x = F.relu(bn(conv(x)))
-            convs.append(x.transpose(1, 2).flatten(2))  # (B, T_i, C_i * F_i): the layout the GRU reads
-        # GRUs are not autocast ops on CPU: run in float32 so bf16 autocast callers work.
+        # float32 throughout, also under a bf16 autocast: on CPU, oneDNN's bf16 conv2d intermittently gave
+        # non-finite outputs for the small last stage (same input, NaN in 3 of 4 calls; torch 2.11, Xeon with
+        # AMX), and GRUs are not autocast ops on CPU anyway. The encoder is a small share of DeepTalk's cost.
         with torch.autocast(x.device.type, enabled=False):
-            out, state = self.gru(convs[-1].float())
+            for conv, bn in zip(self.convs, self.bns):
+                x = F.relu(bn(conv(x)))
+                convs.append(x.transpose(1, 2).flatten(2))  # (B, T_i, C_i * F_i): the layout the GRU reads
+            out, state = self.gru(convs[-1])
         return convs, out, state[0]
 
     def forward(self, feats: Tensor) -> Tensor:
