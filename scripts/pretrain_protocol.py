@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     plans = [make_folds(frozen, "kfold", n_folds=args.n_folds, seed=args.seed + r) for r in range(args.repeats)]
     folds = plans[0]
     run_idx = list(range(len(folds))) if args.folds is None else sorted(set(args.folds))
+    bad = [k for k in run_idx if not 0 <= k < len(folds)]
+    if not run_idx or bad:
+        raise SystemExit(f"--folds {args.folds}: expected fold indices in 0..{len(folds) - 1}")
 
     from utils.training import train
 

@@ -54,3 +54,13 @@ def shared_or_skip(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"real data not available: {p} (../shared is absent in a user's clone)")
     return p
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Per-frame encoder work is many small kernels: one thread beats two on a shared 2-core box.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -27,13 +27,7 @@ def _speechlike(n: int, sr: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
     return torch.stack(rows)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Per-frame work is many small kernels: one thread is faster than two on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ from lightning_modules.backbones.ge2e import GE2EBackbone, normalize_volume
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _resemblyzer():

@@ -12,12 +12,7 @@ from lightning_modules.backbones import (ContextEncoderBackbone, ConvFeatureEnco
                                          GE2EBackbone)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _speechlike(n: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
