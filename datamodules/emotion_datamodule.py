@@ -30,10 +30,8 @@ class EmotionCropDataset(CropDataset):
             raise ValueError(f"EmotionCropDataset: {len(emotions)} emotion labels for {len(self.records)} records")
         self.emotions = [int(e) for e in emotions]
 
-    def transform_loaded(self, i: int, wav, seed: int | None = None) -> dict:
-        out = super().transform_loaded(i, wav, seed)
-        out["emotion"] = self.emotions[i]
-        return out
+    def _item(self, i: int, wav, label: int, speaker: int) -> dict:
+        return {**super()._item(i, wav, label, speaker), "emotion": self.emotions[i]}
 
 
 class EmotionDataModule(SpeakerDataModule):
@@ -95,4 +93,5 @@ class EmotionDataModule(SpeakerDataModule):
         h = self.hparams
         return EmotionCropDataset(self.train_records, self.train_labels, h.sample_rate, h.crop_seconds,
                                   random_crop=True, trim=h.trim_silence, normalize_loudness=h.normalize_loudness,
-                                  augment=self.augment, n_labels=len(self.speakers), emotions=self.train_emotion_ids)
+                                  augment=self.augment, n_labels=len(self.speakers), emotions=self.train_emotion_ids,
+                                  prefix_source=self.prefix_source)

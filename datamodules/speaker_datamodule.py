@@ -18,7 +18,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from datamodules.audio import trim_silence
-from datamodules.datasets import CropDataset, UtteranceDataset, collate_utterances
+from datamodules.datasets import CropDataset, UtteranceDataset, collate_crops, collate_utterances
 from datamodules.records import FOUR_CLASSES, ClipRecord
 from datamodules.samplers import PKBatchSampler, item_seed
 
@@ -92,6 +92,13 @@ class SpeakerDataModule(L.LightningDataModule):
         # clustering callback installs it, so they are computed as late as possible (after a resume's restore).
         self.pseudo_label_source: Callable[[], Any] | None = None
         self._train_sampler: PKBatchSampler | None = None
+        # The encoder's frozen prefix (datamodules/frozen_prefix.py), set by callbacks/frozen_prefix.py: with
+        # it, training crops and whole clips are `Prefix`es instead of audio.
+        self.prefix_source = None
+
+    def use_prefixes(self, source) -> None:
+        """Read (or compute) the encoder's frozen prefix instead of giving it audio; None = audio again."""
+        self.prefix_source = source
 
     # ----- data preparation -----
     def prepare_data(self) -> None:
@@ -182,7 +189,7 @@ class SpeakerDataModule(L.LightningDataModule):
         h = self.hparams
         return CropDataset(self.train_records, self.train_labels, h.sample_rate, h.crop_seconds, random_crop=True,
                            trim=h.trim_silence, normalize_loudness=h.normalize_loudness, augment=self.augment,
-                           n_labels=len(self.speakers))
+                           n_labels=len(self.speakers), prefix_source=self.prefix_source)
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
@@ -194,7 +201,8 @@ class SpeakerDataModule(L.LightningDataModule):
             self.train_labels, n_groups=h.n_speakers, n_per_group=h.n_per_speaker,
             subgroups=self.pseudo_labels, n_subgroups=h.n_clusters_per_speaker,
             batches_per_epoch=h.batches_per_epoch, seed=h.seed, group_names=self.speakers)
-        return DataLoader(self.train_dataset(), batch_sampler=self._train_sampler, **self._loader_kwargs())
+        return DataLoader(self.train_dataset(), batch_sampler=self._train_sampler, collate_fn=collate_crops,
+                          **self._loader_kwargs())
 
     def _shard_dataloader(self) -> DataLoader:
         """Streaming tar shards (WeSpeaker style): shuffled batches of P*K crops instead of P x K sampling.
@@ -212,7 +220,7 @@ class SpeakerDataModule(L.LightningDataModule):
                           seed=h.seed, transform=transform, quality=h.quality)
         transform.dataset = ds
         return ShardLoader(ds, epoch_of=self._current_epoch, batch_size=h.n_speakers * h.n_per_speaker,
-                           drop_last=True, **self._loader_kwargs())
+                           drop_last=True, collate_fn=collate_crops, **self._loader_kwargs())
 
     def _current_epoch(self) -> int:
         return int(self.trainer.current_epoch) if self.trainer is not None else 0
@@ -221,7 +229,7 @@ class SpeakerDataModule(L.LightningDataModule):
                          speaker_ids: Sequence[int] | None = None, emotion_ids: Sequence[int] | None = None) -> DataLoader:
         h = self.hparams
         ds = UtteranceDataset(records, h.sample_rate, trim=h.trim_silence, normalize_loudness=h.normalize_loudness,
-                              speaker_ids=speaker_ids, emotion_ids=emotion_ids)
+                              speaker_ids=speaker_ids, emotion_ids=emotion_ids, prefix_source=self.prefix_source)
         return DataLoader(ds, batch_size=batch_size or h.val_batch_size, shuffle=False, collate_fn=collate_utterances,
                           **self._loader_kwargs())
 

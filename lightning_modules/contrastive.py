@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses
 from torch import Tensor, nn
 
+from datamodules.prefix import Prefix, cat_batches
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.embedding_module import EmbeddingModule
 
@@ -42,17 +43,22 @@ def contrastive_pairs(speakers: Tensor, clusters: Tensor, negatives: str = "same
     return a1, p, a2, n
 
 
-def random_subcrops(wav: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
-    """Two independent random crops (each `fraction` of the length) of every row: two views of one clip."""
+def random_subcrops(wav: Tensor | Prefix, fraction: float) -> tuple[Tensor | Prefix, Tensor | Prefix]:
+    """Two independent random crops (each `fraction` of the length) of every row: two views of one clip.
+    Waveforms are cut in samples, a batch `Prefix` in frames."""
     if not 0 < fraction <= 1:
         raise ValueError(f"crop_fraction={fraction}: expected 0 < fraction <= 1")
-    b, s = wav.shape
+    x = wav.values if isinstance(wav, Prefix) else wav
+    b, s = x.shape[:2]
     length = max(1, int(round(fraction * s)))
     views = []
     for _ in range(2):
-        starts = torch.randint(0, s - length + 1, (b,), device=wav.device)
-        idx = starts[:, None] + torch.arange(length, device=wav.device)[None, :]
-        views.append(torch.gather(wav, 1, idx))
+        starts = torch.randint(0, s - length + 1, (b,), device=x.device)
+        idx = starts[:, None] + torch.arange(length, device=x.device)[None, :]
+        if x.dim() == 3:
+            idx = idx[..., None].expand(-1, -1, x.shape[2])
+        view = torch.gather(x, 1, idx)
+        views.append(Prefix(view, wav.cut, int(round(wav.n_samples * length / s))) if isinstance(wav, Prefix) else view)
     return views[0], views[1]
 
 
@@ -138,7 +144,7 @@ class ClusterContrastiveModule(EmbeddingModule):
         speakers = batch["speaker"]
         if self.hparams.two_crops:
             v1, v2 = random_subcrops(wav, self.hparams.crop_fraction)
-            wav = torch.cat([v1, v2])
+            wav = cat_batches([v1, v2])
             speakers, classes, clusters = speakers.repeat(2), classes.repeat(2), clusters.repeat(2)
         return wav, speakers, classes, clusters
 

@@ -312,7 +312,7 @@ class DistillationModule(EmbeddingModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         wav = batch["wav"]
         parts = self.distillation_losses(wav)
-        n = len(wav)
+        n = len(batch["index"])
         for name in ("frame_loss", "utterance_loss", "masked_fraction", "target_std", "pred_std"):
             self.log(f"train/{name}", parts[name], batch_size=n)
         self.log("train/ema_decay", self.current_ema_decay(), batch_size=n)

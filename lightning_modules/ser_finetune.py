@@ -23,8 +23,9 @@ order, or the `(name, [parameter name prefixes])` list its `freeze_stages_spec()
 The encoder learns at `lr` and the pooling and classifier at `head_lr` (they start from scratch).
 Validation scores the validation speakers' whole clips (`val/ua`: mean recall over the classes present,
 what evaluate.py calls UA; `val/wa`; `val/loss`): experiments select the checkpoint and stop early on
-`val/ua`. Whole clips are cut into `window_seconds` windows (default: the training crop) every half
-window; their pooled layer statistics are averaged and classified once.
+`val/ua`. Whole clips are cut into the backbone's utterance windows (`Backbone.clip_windows`, the
+windows every utterance path uses: GE2E's partials); their pooled layer statistics are averaged and
+classified once.
 
 The predict.py SER checkpoint interface (docs/predict.md): `class_names` is a hyper-parameter (filled
 from the datamodule at fit time) and `predict_proba(wavs)` returns (N, C) probabilities.
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_recall
 
+from datamodules.prefix import Prefix, batch_size_of, cat_batches
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.embedding_module import EmbeddingModule
 
@@ -111,6 +113,10 @@ def encoder_stages(backbone: Backbone) -> list[tuple[str, list[str]]]:
     return stages
 
 
+def _rows(x: Tensor | Prefix, start: int, stop: int) -> Tensor | Prefix:
+    return Prefix(x.values[start:stop], x.cut, x.n_samples) if isinstance(x, Prefix) else x[start:stop]
+
+
 class LayerWeightedPooling(nn.Module):
     """Per-layer time statistics -> LayerNorm -> Linear(pooled_dim), summed with softmax weights."""
 
@@ -155,15 +161,13 @@ class SERFinetuneModule(EmbeddingModule):
         pooled representation; classifier_hidden: hidden units of the classifier (0 = linear); dropout.
     class_weights: balanced (from the training part's counts) | none.
     lr: the encoder's learning rate; head_lr: the pooling's and classifier's.
-    window_seconds: window length for whole clips (null: the backbone's window).
     All EmbeddingModule options apply as well (init_from, weight_decay, scheduler, warmup_steps, ...).
     """
 
     def __init__(self, backbone: Backbone | Mapping[str, Any], class_names: Sequence[str] | None = None,
                  freeze: str = "partial", freeze_stages: int = 2, pooling: str = "layers", stats: str = "mean_std",
                  pooled_dim: int = 256, classifier_hidden: int = 128, dropout: float = 0.2,
-                 class_weights: str = "balanced", head_lr: float = 1e-2, window_seconds: float | None = None,
-                 max_windows_per_batch: int = 64, **kwargs):
+                 class_weights: str = "balanced", head_lr: float = 1e-2, max_windows_per_batch: int = 64, **kwargs):
         kwargs.setdefault("probe_every_n_epochs", 0)  # its own classifier is scored instead of a probe
         super().__init__(backbone, **kwargs)
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, Backbone) else [])
@@ -175,8 +179,6 @@ class SERFinetuneModule(EmbeddingModule):
             raise ValueError(f"model.class_weights={class_weights!r}: expected one of {CLASS_WEIGHTS}")
         if not head_lr > 0:
             raise ValueError(f"model.head_lr={head_lr}: expected > 0")
-        if window_seconds is not None and not window_seconds > 0:
-            raise ValueError(f"model.window_seconds={window_seconds}: expected > 0 or null")
         stages = encoder_stages(self.backbone)
         if freeze == "partial" and not 0 < int(freeze_stages) <= len(stages):
             raise ValueError(f"model.freeze_stages={freeze_stages}: expected 1..{len(stages)} for this backbone "
@@ -207,7 +209,7 @@ class SERFinetuneModule(EmbeddingModule):
         was = self.backbone.training
         self.backbone.eval()
         try:
-            probe = torch.zeros(1, int(round(self._window_seconds() * self.backbone.sample_rate)))
+            probe = torch.zeros(1, self.backbone.window_samples()[0])
             return [int(x.shape[-1]) for x in self.encoder_outputs(probe)]
         finally:
             self.backbone.train(was)
@@ -264,10 +266,6 @@ class SERFinetuneModule(EmbeddingModule):
         return self
 
     # ----- forward -----
-    def _window_seconds(self) -> float:
-        w = self.hparams.window_seconds
-        return float(w) if w is not None else float(self.backbone.window_seconds)
-
     def encoder_outputs(self, wav: Tensor) -> list[Tensor]:
         """What the pooling reads: every layer (B, T, D_i), or the final embedding [(B, E)]."""
         if self.hparams.pooling == "embedding":
@@ -292,34 +290,22 @@ class SERFinetuneModule(EmbeddingModule):
         """(B, S) crops -> (B, C) logits."""
         return self.logits_from_stats(self.pooled_stats(wav))
 
-    def _split(self, wav: Tensor) -> Tensor:
-        """1-D clip -> (n, window) windows every half window, the last flush with the end; short clips padded."""
-        win = int(round(self._window_seconds() * self.backbone.sample_rate))
-        hop = max(1, win // 2)
-        wav = wav.reshape(-1)
-        n = wav.shape[0]
-        if n <= win:
-            return F.pad(wav, (0, win - n)).unsqueeze(0)
-        starts = list(range(0, n - win + 1, hop))
-        if starts[-1] != n - win:
-            starts.append(n - win)
-        return torch.stack([wav[s: s + win] for s in starts])
-
-    def clip_logits(self, wavs: Sequence[Tensor]) -> Tensor:
-        """(N, C) logits of N variable-length 1-D clips: window statistics averaged per clip, classified once."""
+    def clip_logits(self, wavs: Sequence[Tensor | Prefix]) -> Tensor:
+        """(N, C) logits of N variable-length clips (waveforms or whole-clip prefixes): the statistics of the
+        backbone's utterance windows averaged per clip, classified once."""
         device = self.class_weights.device if self.classifier is not None else next(self.parameters()).device
+        if not len(wavs):
+            return torch.zeros(0, len(self.hparams.class_names or []))
         windows, owners = [], []
         for i, w in enumerate(wavs):
-            pieces = self._split(w.to(device).float())
+            pieces = self.backbone.clip_windows(w.to(device))[0]
             windows.append(pieces)
-            owners += [i] * len(pieces)
-        if not windows:
-            return torch.zeros(0, len(self.hparams.class_names or []))
-        windows_t = torch.cat(windows)
+            owners += [i] * batch_size_of(pieces)
+        windows_t = cat_batches(windows)
         owner = torch.tensor(owners, device=device)
         step = int(self.hparams.max_windows_per_batch)
-        chunks = [self.pooling.time_stats(self.encoder_outputs(windows_t[j: j + step]))
-                  for j in range(0, len(windows_t), step)]
+        chunks = [self.pooling.time_stats(self.encoder_outputs(_rows(windows_t, j, j + step)))
+                  for j in range(0, len(owners), step)]
         count = torch.bincount(owner, minlength=len(wavs)).clamp_min(1).unsqueeze(1).float()
         stats = []
         for layer in range(len(chunks[0])):

@@ -119,24 +119,35 @@ def test_ge2e_layer_stats_of_a_short_clip_are_the_stats_of_its_layers(ge2e):
     assert torch.allclose(stats[0], _hand_stats(ge2e.layers(clip[None])), rtol=1e-4, atol=1e-5)
 
 
-def test_ge2e_layer_stats_of_a_long_clip_pool_the_partials_of_embed_utterances(ge2e):
+def test_ge2e_layer_stats_of_a_long_clip_count_every_frame_of_the_partials_once(ge2e):
+    """Frames in the overlap of two partials count once, from the first partial (issue 18: they counted
+    twice, so the overlap weighed double in the mean and the std)."""
     clip = _speechlike(40000, seed=3)[0]  # 2.5 s: partials at frames 0 and 77 (the second one padded)
     starts = ge2e.partial_slices(len(clip))
     assert starts == [0, 77]
-    mel, _, n_valid = ge2e._utterance_partials(clip)
+    mel = ge2e.clip_prefix(clip, "mel").values
     per_partial = [ge2e._layers_from_mel(mel[None, s : s + 160]) for s in starts]
-    pooled = [torch.cat([p[k][0, : min(160, n_valid - s)] for p, s in zip(per_partial, starts)]) for k in range(4)]
+    # partial 0 owns frames 0..159, partial 1 the ones after: 160..236 (its offsets 83..159)
+    pooled = [torch.cat([per_partial[0][k][0], per_partial[1][k][0, 83:160]]) for k in range(4)]
     stats, n_short = ge2e.layer_stats_utterances([clip, clip[:8000]])
     assert n_short == 1 and torch.allclose(stats[0], _hand_stats(pooled), rtol=1e-4, atol=1e-5)
+    twice = [torch.cat([p[k][0] for p in per_partial]) for k in range(4)]  # the old, double-counting pool
+    assert not torch.allclose(stats[0], _hand_stats(twice), rtol=1e-3, atol=1e-4)
     assert torch.allclose(stats[1], _hand_stats(ge2e.layers(clip[None, :8000])), rtol=1e-4, atol=1e-5)
 
 
-def test_base_layer_stats_use_the_embedding_windows(deeptalk):
+def test_base_layer_stats_use_the_embedding_windows_each_frame_once(deeptalk):
     clip = _speechlike(56000, seed=1)[0]  # 3.5 s: windows of 2 s every 1 s, the last flush with the end
     windows, padded = deeptalk.split_windows(clip)
     assert windows.shape[0] == 3 and not padded
     per_window = [deeptalk.layers(w[None]) for w in windows]
-    pooled = [torch.cat([p[k] for p in per_window], dim=1) for k in range(9)]
+    spans = [(0.0, 1.0), (0.5, 1.0), (0.75, 1.0)]  # window 1 starts at 1 s (its first half is window 0's), 2 at 1.5 s
+
+    def own(y, span):
+        t = y.shape[1]
+        return y[0] if t == 1 else y[0, round(span[0] * t): round(span[1] * t)]
+
+    pooled = [torch.cat([own(p[k], sp) for p, sp in zip(per_window, spans)]) for k in range(9)]
     short = _speechlike(8000, seed=2)[0]
     stats, n_short = deeptalk.layer_stats_utterances([clip, short])
     assert n_short == 1 and stats.shape[1] == 2 * sum(deeptalk.layer_dims())

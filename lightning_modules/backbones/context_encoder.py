@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from datamodules.prefix import Prefix
 from lightning_modules.backbones.base import Backbone
 
 EMBEDDINGS = ("chunk", "token", "frames")
@@ -207,7 +208,40 @@ class ContextEncoderBackbone(Backbone):
                                           norm_first, conv_pos_width, conv_pos_depth, conv_pos_groups, alibi)
 
     # ----- pieces used by the distillation objective -----
-    def front_end_frames(self, wav: Tensor) -> Tensor:
+    # ----- the frozen prefix: the front end's frames over the whole clip -----
+    def cuts(self) -> list[str]:
+        return ["front_end"]
+
+    def cut_parameters(self, cut: str) -> list[str]:
+        if cut != "front_end":
+            raise ValueError(f"the context encoder has no cut {cut!r} (cuts: ['front_end'])")
+        return [f"front_end.{n}" for n, _ in self.front_end.named_parameters()]
+
+    def prefix_config(self) -> dict:
+        front = self.front_end
+        return {"front_end": f"{type(front).__module__}.{type(front).__qualname__}", **front.prefix_config()}
+
+    def prefix_widths(self, cut: str) -> list[int]:
+        return [self.front_end.frame_dim]
+
+    def prefix_frames(self, n_samples: int, cut: str) -> int:
+        return int(self.front_end.num_frames(int(n_samples)))
+
+    def prefix_hop(self, cut: str) -> int:
+        return int(self.front_end.hop)
+
+    @torch.no_grad()
+    def clip_prefix(self, wav: Tensor, cut: str) -> Prefix:
+        self.cut_parameters(cut)
+        w = wav.reshape(1, -1)
+        return Prefix(self.front_end.frames(w)[0].float(), cut, int(w.shape[1]))
+
+    def front_end_frames(self, wav: Tensor | Prefix) -> Tensor:
+        if isinstance(wav, Prefix):
+            if not wav.batched:
+                raise ValueError("context encoder: expected a batch Prefix (B, T, D); embed whole clips with "
+                                 "embed_utterances")
+            return wav.values
         if self.freeze_front_end:
             with torch.no_grad():
                 return self.front_end.frames(wav).detach()

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from datamodules.prefix import Prefix
 from lightning_modules.backbones.base import Backbone
 
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -343,18 +344,50 @@ class DeepTalkBackbone(Backbone):
             wav = F.pad(wav, (0, self.frame_len - wav.shape[1]))
         return wav.unfold(1, self.frame_len, self.hop).reshape(-1, self.frame_len)
 
-    def frames(self, wav: Tensor) -> Tensor:
-        """(B, S) -> (B, T, n_filters) filterbank features, one per hop (10 ms)."""
+    def frames(self, wav: Tensor | Prefix) -> Tensor:
+        """(B, S) -> (B, T, n_filters) filterbank features, one per hop (10 ms); a batch Prefix's are its values."""
+        if isinstance(wav, Prefix):
+            if not wav.batched:
+                raise ValueError("DeepTalk: expected a batch Prefix (B, T, D); embed whole clips with embed_utterances")
+            return wav.values
         return self.filterbank(self.frame_signal(wav)).view(wav.shape[0], -1, self.frame_dim)
+
+    # ----- the frozen prefix: the DeepVOX filterbank (each 20 ms frame on its own) over the whole clip -----
+    def cuts(self) -> list[str]:
+        return ["filterbank"]
+
+    def cut_parameters(self, cut: str) -> list[str]:
+        if cut != "filterbank":
+            raise ValueError(f"DeepTalk has no cut {cut!r} (cuts: ['filterbank'])")
+        return [f"filterbank.{n}" for n, _ in self.filterbank.named_parameters()]
+
+    def prefix_config(self) -> dict:
+        return {"sample_rate": self.sample_rate, "frame_len": self.frame_len, "hop": self.hop,
+                "n_filters": self.frame_dim, "pool": self.filterbank.pool}
+
+    def prefix_widths(self, cut: str) -> list[int]:
+        return [self.frame_dim]
+
+    def prefix_frames(self, n_samples: int, cut: str) -> int:
+        return self.num_frames(int(n_samples))
+
+    def prefix_hop(self, cut: str) -> int:
+        return self.hop
+
+    @torch.no_grad()
+    def clip_prefix(self, wav: Tensor, cut: str) -> Prefix:
+        self.cut_parameters(cut)
+        w = wav.reshape(1, -1)
+        return Prefix(self.frames(w)[0], cut, int(w.shape[1]))
 
     def embed_frames(self, feats: Tensor) -> Tensor:
         """(B, T, n_filters) filterbank features -> (B, embedding_dim) L2-normalised style embedding."""
         return F.normalize(self.style_tokens(self.reference_encoder(feats)).float(), dim=1)
 
-    def embed(self, wav: Tensor) -> Tensor:
+    def embed(self, wav: Tensor | Prefix) -> Tensor:
         return self.embed_frames(self.frames(wav))
 
-    def layers(self, wav: Tensor) -> list[Tensor]:
+    def layers(self, wav: Tensor | Prefix) -> list[Tensor]:
         """[filterbank (B, T, 40), ref_conv1..6 (B, T_i, C_i * F_i), gru (B, T_6, 128), style (B, 1, 256)].
 
         T_i = ceil(T / 2^i) (the reference encoder halves time at every stage); `style` is the L2-normalised

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
-from lightning_modules.backbones.base import Backbone, pool_layer_stats
+from datamodules.prefix import Prefix
+from lightning_modules.backbones.base import Backbone
 
 _INT16_MAX = 2**15 - 1
 
@@ -147,29 +148,99 @@ class GE2EBackbone(Backbone):
             out, (hidden, _) = self.lstm(mels.float())
         return out, hidden[-1]
 
-    def _layers_from_mel(self, mels: Tensor) -> list[Tensor]:
-        """[mel, output of LSTM layer 1, 2, 3]: the stacked LSTM run one layer at a time (same weights)."""
-        outs, x = [mels], mels
-        with torch.autocast(mels.device.type, enabled=False):
+    def _run_layers(self, x: Tensor, first: int, last: int) -> list[Tensor]:
+        """Outputs of LSTM layers first+1 .. last (1-based) on (B, T, D) input, each from a zero state,
+        one layer at a time with the stacked LSTM's own weights."""
+        outs = []
+        with torch.autocast(x.device.type, enabled=False):
             x = x.float()
             h0 = x.new_zeros(1, x.shape[0], self.lstm.hidden_size)
-            for k in range(self.lstm.num_layers):
+            for k in range(first, last):
                 params = [getattr(self.lstm, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
                 x = torch.lstm(x, (h0, h0), params, True, 1, 0.0, self.training, False, True)[0]
                 outs.append(x)
         return outs
 
+    def _layers_from_mel(self, mels: Tensor) -> list[Tensor]:
+        """[mel, output of LSTM layer 1, 2, 3]: the stacked LSTM run one layer at a time (same weights)."""
+        return [mels, *self._run_layers(mels, 0, self.lstm.num_layers)]
+
     def _head(self, last_hidden: Tensor) -> Tensor:
         return F.normalize(F.relu(self.linear(last_hidden)).float(), dim=1)
 
-    # ----- Backbone API -----
-    def frames(self, wav: Tensor) -> Tensor:
-        """(B, S) -> (B, 1 + S // 160, 256) per-frame LSTM outputs (top layer)."""
-        return self._lstm(self.mel(self._prepare(wav)))[0]
+    # ----- the frozen prefix: mel (no weights), then each LSTM layer, over the whole clip -----
+    def cuts(self) -> list[str]:
+        return ["mel", *(f"lstm{k + 1}" for k in range(self.lstm.num_layers))]
 
-    def layers(self, wav: Tensor) -> list[Tensor]:
+    def _depth(self, cut: str) -> int:
+        cuts = self.cuts()
+        if cut not in cuts:
+            raise ValueError(f"GE2E has no cut {cut!r} (cuts: {cuts})")
+        return cuts.index(cut)
+
+    def cut_parameters(self, cut: str) -> list[str]:
+        return [f"lstm.{name}_l{k}" for k in range(self._depth(cut))
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+
+    def prefix_config(self) -> dict:
+        return {"sample_rate": self.sample_rate, "normalize_volume": self.do_normalize_volume,
+                "target_dbfs": self.target_dbfs, "vad_trim": self.vad_trim, "min_coverage": self.min_coverage,
+                "n_fft": self.n_fft, "hop": self.hop, "n_mels": self.mel_fbank.shape[1],
+                "partial_frames": self.partial_frames, "partial_hop_frames": self.partial_hop_frames}
+
+    def prefix_widths(self, cut: str) -> list[int]:
+        return [self.mel_fbank.shape[1], *([self.lstm.hidden_size] * self._depth(cut))]
+
+    def prefix_frames(self, n_samples: int, cut: str) -> int:
+        return 1 + int(n_samples) // self.hop
+
+    def prefix_hop(self, cut: str) -> int:
+        return self.hop
+
+    def num_frames(self, n_samples: int) -> int:
+        """Frames of `frames(wav)` for n samples (librosa's centred framing)."""
+        return 1 + int(n_samples) // self.hop
+
+    @torch.no_grad()
+    def clip_prefix(self, wav: Tensor, cut: str) -> Prefix:
+        """Resemblyzer's preparation of one whole utterance (volume normalised as a whole, optionally VAD
+        trimmed, zero-padded to cover its last partial, mel computed once), then the LSTM layers up to `cut`
+        over the whole clip: values (T, 40 + 256 k), n_samples the clip's length after trimming."""
+        depth = self._depth(cut)
+        w = wav.reshape(-1).float()
+        if self.do_normalize_volume:
+            w = normalize_volume(w.unsqueeze(0), self.target_dbfs)[0]
+        if self.vad_trim:
+            w = self._trim_silences(w)
+        n = w.shape[0]
+        starts = self.partial_slices(n)
+        stop = (starts[-1] + self.partial_frames) * self.hop
+        mel = self.mel(F.pad(w, (0, max(0, stop - n))).unsqueeze(0))
+        layers = [mel, *self._run_layers(mel, 0, depth)]
+        return Prefix(torch.cat(layers, -1)[0], cut, n)
+
+    def prefix_windows(self, prefix: Prefix) -> tuple[list[int], int, int]:
+        """Resemblyzer's partials (`partial_slices`), in mel frames."""
+        return self.partial_slices(prefix.n_samples), self.partial_frames, 1 + prefix.n_samples // self.hop
+
+    def _input_layers(self, x: Tensor | Prefix) -> list[Tensor]:
+        """The layers a batch already has: [mel] of a (B, S) waveform (each row volume-normalised on its own),
+        or the layers a batch `Prefix` carries."""
+        if isinstance(x, Prefix):
+            if not x.batched:
+                raise ValueError("GE2E: expected a batch Prefix (B, T, D); embed whole clips with embed_utterances")
+            return list(x.values.split(self.prefix_widths(x.cut), dim=-1))
+        return [self.mel(self._prepare(x))]
+
+    # ----- Backbone API -----
+    def frames(self, wav: Tensor | Prefix) -> Tensor:
+        """(B, S) -> (B, 1 + S // 160, 256) per-frame LSTM outputs (top layer)."""
+        return self.layers(wav)[-1] if isinstance(wav, Prefix) else self._lstm(self.mel(self._prepare(wav)))[0]
+
+    def layers(self, wav: Tensor | Prefix) -> list[Tensor]:
         """(B, S) -> [mel (B, T, 40), lstm1, lstm2, lstm3 (B, T, 256)], T = 1 + S // 160."""
-        return self._layers_from_mel(self.mel(self._prepare(wav)))
+        have = self._input_layers(wav)
+        return [*have, *self._run_layers(have[-1], len(have) - 1, self.lstm.num_layers)]
 
     def layer_names(self) -> list[str]:
         return ["mel", *(f"lstm{k + 1}" for k in range(self.lstm.num_layers))]
@@ -177,9 +248,12 @@ class GE2EBackbone(Backbone):
     def layer_dims(self) -> list[int]:
         return [self.mel_fbank.shape[1], *([self.lstm.hidden_size] * self.lstm.num_layers)]
 
-    def embed(self, wav: Tensor) -> Tensor:
-        """(B, S) -> (B, 256): one partial per row (volume-normalised per row)."""
-        return self._head(self._lstm(self.mel(self._prepare(wav)))[1])
+    def embed(self, wav: Tensor | Prefix) -> Tensor:
+        """(B, S) -> (B, 256): one partial per row (volume-normalised per row), or a batch Prefix's crops."""
+        have = self._input_layers(wav)
+        if len(have) == 1:  # from the mel: the stacked LSTM in one call
+            return self._head(self._lstm(have[0])[1])
+        return self._head(self.layers(wav)[-1][:, -1])
 
     def flops_per_second(self) -> float:
         """Analytic FLOPs per second of audio for `frames`/`embed` (LSTM + mel projection; the FFT, ~1%, is left out)."""
@@ -207,58 +281,3 @@ class GE2EBackbone(Backbone):
         except ImportError as e:
             raise ImportError("backbone.vad_trim=true uses resemblyzer's webrtcvad trimming: pip install resemblyzer") from e
         return torch.from_numpy(trim_long_silences(wav.detach().cpu().numpy().astype("float32"))).to(wav.device)
-
-    def _utterance_partials(self, w: Tensor) -> tuple[Tensor, list[int], int]:
-        """Resemblyzer's preparation of one whole utterance: (mel of the padded clip, partial starts, valid frames)."""
-        w = w.reshape(-1).float()
-        if self.do_normalize_volume:
-            w = normalize_volume(w.unsqueeze(0), self.target_dbfs)[0]
-        if self.vad_trim:
-            w = self._trim_silences(w)
-        n = w.shape[0]
-        starts = self.partial_slices(n)
-        stop = (starts[-1] + self.partial_frames) * self.hop
-        mel = self.mel(F.pad(w, (0, max(0, stop - n))).unsqueeze(0))[0]
-        return mel, starts, 1 + n // self.hop
-
-    @torch.no_grad()
-    def embed_utterances(self, wavs: list[Tensor], max_windows_per_batch: int = 256) -> tuple[Tensor, int]:
-        """Resemblyzer's partial-utterance averaging; returns ((N, 256), clips shorter than one partial)."""
-        windows, owners, n_padded = [], [], 0
-        for i, w in enumerate(wavs):
-            mel, starts, n_valid = self._utterance_partials(w)
-            n_padded += int(n_valid < self.partial_frames + 1)
-            windows.extend(mel[s : s + self.partial_frames] for s in starts)
-            owners.extend([i] * len(starts))
-        if not windows:
-            return torch.empty(0, self.embedding_dim), 0
-        mels = torch.stack(windows)
-        embs = torch.cat([self._head(self._lstm(mels[j : j + max_windows_per_batch])[1])
-                          for j in range(0, len(mels), max_windows_per_batch)])
-        owner = torch.tensor(owners, device=embs.device)
-        summed = torch.zeros(len(wavs), embs.shape[1], dtype=embs.dtype, device=embs.device).index_add_(0, owner, embs)
-        return F.normalize(summed, dim=1), n_padded
-
-    @torch.no_grad()
-    def layer_stats_utterances(self, wavs: list[Tensor], max_windows_per_batch: int = 256) -> tuple[Tensor, int]:
-        """Per clip, mean and std of every layer over the frames of its partials (those of `embed_utterances`).
-
-        Each partial runs through the LSTM on its own, as for the embedding; frames beyond the clip's end
-        (the zero padding of a last or only partial) are dropped, so a clip shorter than one partial gives
-        exactly the statistics of `layers(clip)`. Frames in the overlap of two partials count once per partial.
-        """
-        windows, owners, valid, n_short = [], [], [], 0
-        for i, w in enumerate(wavs):
-            mel, starts, n_valid = self._utterance_partials(w)
-            n_short += int(n_valid < self.partial_frames + 1)
-            windows.extend(mel[s : s + self.partial_frames] for s in starts)
-            owners.extend([i] * len(starts))
-            valid.extend(min(self.partial_frames, n_valid - s) for s in starts)
-        per_clip: list[list[list[Tensor]]] = [[] for _ in wavs]
-        if windows:
-            mels = torch.stack(windows)
-            for j in range(0, len(mels), max_windows_per_batch):
-                outs = self._layers_from_mel(mels[j : j + max_windows_per_batch])
-                for r in range(outs[0].shape[0]):
-                    per_clip[owners[j + r]].append([o[r, : valid[j + r]] for o in outs])
-        return pool_layer_stats(per_clip), n_short
