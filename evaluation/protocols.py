@@ -9,7 +9,8 @@ The rules (see docs/evaluation.md):
   so possibly the same person as a test speaker) are never tested; they train only under the
   official split (whose authors made Train/Test speaker-disjoint) unless told otherwise;
 - k-fold can be repeated with seeds seed, seed + 1, ...; the other protocols are deterministic and
-  run once whatever `repeats` says (the plan records it instead of faking variance).
+  run once whatever `repeats` says (the plan records it instead of faking variance), and so does
+  leave-one-speaker-out (k-fold with as many folds as speakers: every seed gives the same folds).
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class FoldPlan:
     notes: list[str] = field(default_factory=list)
     left_out: dict[str, int] = field(default_factory=dict)  # rows in no fold's test part, by reason
     fallback: str | None = None  # why `auto` did not use the official split
+    leave_one_speaker_out: bool = False  # kfold with one speaker per fold (runs once whatever `repeats`)
 
     @property
     def folds_per_repeat(self) -> int:
@@ -60,7 +62,8 @@ class FoldPlan:
     def describe(self) -> dict:
         return {"name": self.protocol, "requested": self.requested, "repeats": self.repeats,
                 "folds_per_repeat": self.folds_per_repeat, "speaker_independent": self.speaker_independent,
-                "fallback": self.fallback, "notes": list(self.notes), "left_out": dict(self.left_out)}
+                "fallback": self.fallback, "leave_one_speaker_out": self.leave_one_speaker_out,
+                "notes": list(self.notes), "left_out": dict(self.left_out)}
 
 
 def resolve_protocol(emb_set: EmbeddingSet, protocol: str, test_speakers: Sequence[str] | None = None) -> str:
@@ -138,7 +141,14 @@ def plan_folds(
     trainable = known | unknown if train_unknown else known
 
     if protocol == "kfold":
-        if repeats > 1:
+        n_speakers = len(set(emb_set.speaker[known].tolist()))
+        if repeats > 1 and n_folds == n_speakers:
+            # leave-one-speaker-out: every seed gives the same folds; counting them R times would shrink the interval
+            plan.notes.append(f"leave-one-speaker-out (n_folds = the {n_speakers} speakers): every fold seed gives "
+                              f"the same folds, so they ran once (repeats={repeats} does not apply)")
+            log.info("protocol kfold: %s", plan.notes[-1])
+            plan.leave_one_speaker_out = True
+        elif repeats > 1:
             plan.repeats = repeats
         for r in range(plan.repeats):
             for k, test_mask in enumerate(_kfold_masks(emb_set, known, n_folds, seed + r)):

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 SEEN_SPEAKERS_KEY = "seen_speakers"
 SEEN_CORPORA_KEY = "seen_corpora"
-FOLD_WISE_ROUTE = "scripts/pretrain_protocol.py"
+UNKNOWN_FROM_KEY = "provenance_unknown_from"  # warm-start sources that recorded no speakers
+FOLD_WISE_ROUTE = "crossval.py"
 
 
 class TransductiveEvaluationError(ConfigError):
@@ -62,8 +63,20 @@ def read_checkpoint_provenance(ckpt_path: str | Path) -> Provenance:
     import torch
 
     ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=True, mmap=True)
+    return checkpoint_provenance(ckpt, ckpt_path)
+
+
+def checkpoint_provenance(ckpt: dict, ckpt_path: str | Path) -> Provenance:
+    """`read_checkpoint_provenance` of a checkpoint dict already loaded."""
     seen = ckpt.get(SEEN_SPEAKERS_KEY)
     corpora = ckpt.get(SEEN_CORPORA_KEY)
+    unknown = list(ckpt.get(UNKNOWN_FROM_KEY) or [])
+    if seen is not None and unknown:
+        log.warning("%s was warm-started from %s, which record(s) no '%s': cannot tell whether the encoder heard the "
+                    "test speakers; results are labelled 'provenance unknown'", ckpt_path, unknown, SEEN_SPEAKERS_KEY)
+        return Provenance("checkpoint", str(ckpt_path), None, corpora,
+                          note=f"warm-started from {unknown}, which record(s) no '{SEEN_SPEAKERS_KEY}': leakage cannot "
+                               "be ruled out")
     if seen is None:
         log.warning("%s records no '%s' (an older checkpoint?): cannot tell whether the encoder heard the test "
                     "speakers; results are labelled 'provenance unknown'", ckpt_path, SEEN_SPEAKERS_KEY)
@@ -105,3 +118,53 @@ def check_leakage(fold_test_speakers: Sequence[Sequence[str]], provenance: Prove
     log.warning("TRANSDUCTIVE evaluation (allowed): %s", message)
     record.update(status="transductive", transductive=True)
     return record
+
+
+def checkpoint_chain(ckpt_path: str | Path | None) -> list[dict]:
+    """The checkpoint and every checkpoint its weights were warm-started from (`warm_started_from`, or
+    `hyper_parameters.init_from`), each with the speakers it records (None: not recorded) and the sources
+    it records as unknown. A file in the chain that is gone is listed as missing (it cannot be checked)."""
+    import torch
+
+    out: list[dict] = []
+    path, visited = (str(ckpt_path) if ckpt_path else None), set()
+    while path and path not in visited:
+        visited.add(path)
+        if not Path(path).is_file():
+            out.append({"path": path, "missing": True, "seen": None, "unknown_from": []})
+            break
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        seen = ckpt.get(SEEN_SPEAKERS_KEY)
+        out.append({"path": path, "missing": False, "seen": None if seen is None else sorted(seen),
+                    "unknown_from": list(ckpt.get(UNKNOWN_FROM_KEY) or [])})
+        path = ckpt.get("warm_started_from") or (ckpt.get("hyper_parameters") or {}).get("init_from")
+    return out
+
+
+class UnknownProvenanceError(ConfigError):
+    """A checkpoint (or one it was warm-started from) records no speakers, and the run did not opt in."""
+
+
+def check_chain(chain: Sequence[dict], test_speakers: Sequence[str], allow_unknown: bool = False,
+                where: str = "") -> dict:
+    """Refuse a model whose checkpoint chain heard a test speaker; refuse (or, opted in, label) one whose
+    chain records no speakers somewhere. Returns what was checked, for the results."""
+    test = set(test_speakers)
+    for entry in chain:
+        hit = sorted(test & set(entry.get("seen") or []))
+        if hit:
+            raise TransductiveEvaluationError(
+                f"{where}the checkpoint {entry['path']} was trained on audio or labels of test speaker(s) {hit[:5]} "
+                f"(its seen_speakers): this fold would not be speaker-independent. Warm-start from a checkpoint that "
+                "never met this corpus's test speakers, or run the pretraining inside the folds (crossval.pretrain)")
+    unknown = [e["path"] + (" (missing)" if e.get("missing") else "") for e in chain
+               if e.get("missing") or e.get("seen") is None or e.get("unknown_from")]
+    unknown += [src for e in chain for src in e.get("unknown_from") or []]
+    unknown = list(dict.fromkeys(unknown))
+    if unknown and not allow_unknown:
+        raise UnknownProvenanceError(
+            f"{where}cannot tell whether the model heard the test speakers: {unknown[:3]} record(s) no "
+            f"'{SEEN_SPEAKERS_KEY}' (a checkpoint from elsewhere or an older one, or a warm start from one). "
+            "crossval.allow_unknown_provenance=true runs it anyway, with every result labelled 'provenance unknown'")
+    return {"status": "provenance unknown" if unknown else "clean", "checked": [e["path"] for e in chain],
+            "unknown": unknown}

@@ -252,11 +252,11 @@ class DistillationModule(EmbeddingModule):
         whole_student = any(k.startswith("backbone.context.") for k in sd)  # a distilled (context-encoder) student
         target = self.backbone if whole_student else self.backbone.front_end
         try:
-            speakers, corpora = load_backbone_weights(target, path)
+            provenance = load_backbone_weights(target, path)
         except RuntimeError as e:  # shape mismatches
             raise ValueError(f"init_from={path}: its backbone weights do not fit this "
                              f"{'student encoder' if whole_student else 'front end'} ({e})") from e
-        self._inherit(speakers, corpora)  # the warm-started weights carry the speakers they have met
+        self._inherit(*provenance)  # the warm-started weights carry the speakers they have met
         if whole_student:
             dec = {k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")}
             if dec:

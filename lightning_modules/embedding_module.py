@@ -16,8 +16,10 @@ broadcasts them, so every rank logs the same values (checkpoint monitors are per
 
 Provenance: `checkpoint["seen_speakers"]` (sorted corpus-qualified speaker ids whose audio or labels
 shaped the weights: this fit's training + validation speakers, plus those of the `init_from` and
-resumed checkpoints) and `checkpoint["seen_corpora"]` (`{corpus: root}`), so evaluation can refuse to
-score a speaker the encoder has already met.
+resumed checkpoints), `checkpoint["seen_corpora"]` (`{corpus: root}`) and
+`checkpoint["provenance_unknown_from"]` (checkpoints in its warm-start history that recorded no speakers:
+then nobody can say whom the weights heard, and evaluation says so), so evaluation can refuse to score a
+speaker the encoder has already met.
 """
 from __future__ import annotations
 
@@ -41,15 +43,25 @@ log = logging.getLogger(__name__)
 NONFINITE_MODES = ("error", "skip")
 
 
-def read_provenance(checkpoint: Mapping) -> tuple[set[str], dict[str, str]]:
-    """(seen speakers, seen corpora) recorded in a checkpoint dict (empty for checkpoints from elsewhere)."""
-    return set(checkpoint.get("seen_speakers") or []), dict(checkpoint.get("seen_corpora") or {})
+UNKNOWN_PROVENANCE_KEY = "provenance_unknown_from"
 
 
-def load_backbone_weights(backbone: Backbone, ckpt_path: str, prefix: str = "backbone.") -> tuple[set[str], dict]:
+def read_provenance(checkpoint: Mapping, source: str = "") -> tuple[set[str] | None, dict[str, str], list[str]]:
+    """(seen speakers, seen corpora, checkpoints in its history that recorded no speakers) of a checkpoint dict.
+
+    seen speakers is None for a checkpoint that records none (from elsewhere, or older): nobody can say
+    whom its weights heard, and a warm start from it inherits that (`provenance_unknown_from`)."""
+    seen = checkpoint.get("seen_speakers")
+    unknown = list(checkpoint.get(UNKNOWN_PROVENANCE_KEY) or [])
+    if seen is None:
+        unknown.append(source or "a checkpoint without seen_speakers")
+    return (None if seen is None else set(seen)), dict(checkpoint.get("seen_corpora") or {}), unknown
+
+
+def load_backbone_weights(backbone: Backbone, ckpt_path: str, prefix: str = "backbone.") -> tuple:
     """Warm start: copy `backbone.*` weights from a checkpoint of any of our modules (safe loading).
 
-    Returns the checkpoint's provenance (seen speakers, seen corpora): the warm-started weights carry it."""
+    Returns the checkpoint's provenance (`read_provenance`): the warm-started weights carry it."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     state = ckpt.get("state_dict", ckpt)
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -60,7 +72,7 @@ def load_backbone_weights(backbone: Backbone, ckpt_path: str, prefix: str = "bac
         raise ValueError(f"init_from={ckpt_path}: backbone mismatch; missing {missing[:5]}, unexpected {unexpected[:5]} "
                          f"(was it trained with another backbone config?)")
     log.info("warm start: loaded %d backbone tensors from %s", len(sub), ckpt_path)
-    return read_provenance(ckpt)
+    return read_provenance(ckpt, str(ckpt_path))
 
 
 def _guard_training_step(step):
@@ -103,9 +115,9 @@ class EmbeddingModule(L.LightningModule):
         self.backbone = build_backbone(backbone)
         self.seen_speakers: set[str] = set()
         self.seen_corpora: dict[str, str] = {}
+        self.unknown_provenance: list[str] = []  # warm starts whose speakers nobody recorded
         if init_from:
-            speakers, corpora = load_backbone_weights(self.backbone, init_from)
-            self._inherit(speakers, corpora)
+            self._inherit(*load_backbone_weights(self.backbone, init_from))
         self.n_nonfinite_batches = 0
         self._val: list[dict[str, torch.Tensor]] = []
         self._reported_unlabelled = False
@@ -228,13 +240,16 @@ class EmbeddingModule(L.LightningModule):
         return {"embeddings": out.values, "index": batch["index"].cpu(), "n_padded": out.n_padded}
 
     # ----- checkpoints: the class to rebuild, and which speakers shaped the weights -----
-    def _inherit(self, speakers, corpora: Mapping[str, str]) -> None:
-        self.seen_speakers |= set(speakers)
+    def _inherit(self, speakers, corpora: Mapping[str, str], unknown=()) -> None:
+        self.seen_speakers |= set(speakers or ())
         for corpus, root in corpora.items():
             self.seen_corpora.setdefault(str(corpus), str(root))
+        for src in unknown:
+            if src not in self.unknown_provenance:
+                self.unknown_provenance.append(str(src))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._inherit(*read_provenance(checkpoint))
+        self._inherit(*read_provenance(checkpoint, "the resumed checkpoint"))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets evaluate.py rebuild the right objective from the checkpoint alone.
@@ -249,6 +264,7 @@ class EmbeddingModule(L.LightningModule):
             self._warned_provenance = True
         checkpoint["seen_speakers"] = sorted(self.seen_speakers)
         checkpoint["seen_corpora"] = dict(sorted(self.seen_corpora.items()))
+        checkpoint[UNKNOWN_PROVENANCE_KEY] = list(self.unknown_provenance)
 
     # ----- optimisation -----
     def optimizer_param_groups(self) -> list[dict]:

@@ -203,3 +203,20 @@ def test_repeats_use_seed_plus_r_and_deterministic_protocols_run_once(data):
     loso = plan_folds(data, "loso", repeats=5)
     assert loso.repeats == 1 and len(loso.folds) == 3
     assert any("deterministic" in n and "repeats=5" in n for n in loso.notes)
+
+
+def test_leave_one_speaker_out_runs_once_whatever_the_repeats():
+    """n_folds = the number of speakers: every seed gives the same folds, so repeats must not count them again
+    (five copies of the same folds shrink the interval by a third for nothing)."""
+    from evaluation.embeddings_io import EmbeddingSet
+    from evaluation.protocols import plan_folds
+
+    rng = np.random.default_rng(0)
+    speakers = np.repeat([f"s{i}" for i in range(4)], 12)
+    emotions = np.tile(["a", "b", "c"], 16)
+    es = EmbeddingSet(rng.normal(size=(48, 3)).astype(np.float32), emotions, speakers)
+    plan = plan_folds(es, "kfold", n_folds=4, seed=0, repeats=5)
+    assert plan.repeats == 1 and len(plan.folds) == 4 and plan.leave_one_speaker_out
+    assert any("leave-one-speaker-out" in n for n in plan.notes)
+    assert sorted(f.test_speakers for f in plan.folds) == [("s0",), ("s1",), ("s2",), ("s3",)]
+    assert plan_folds(es, "kfold", n_folds=2, seed=0, repeats=3).repeats == 3  # real k-fold still repeats

@@ -148,7 +148,7 @@ def test_checkpoint_that_saw_the_test_speakers_is_refused(trained_ckpt, tmp_path
     speakers = _corpus_speakers(tmp_path / "s", synthetic_cache)
     ckpt = _craft(trained_ckpt, tmp_path / "seen.ckpt", seen=speakers[:3] + ["other:1"],
                   corpora={"synthetic": str(synthetic_cache)})
-    with pytest.raises(TransductiveEvaluationError, match=r"3 of the 8 test speakers.*pretrain_protocol.*allow_transductive"):
+    with pytest.raises(TransductiveEvaluationError, match=r"3 of the 8 test speakers.*crossval.py.*allow_transductive"):
         evaluate(_eval_cfg(tmp_path / "refused", synthetic_cache, f"ckpt_path={ckpt}", "eval.heads=[linear]"))
     out = tmp_path / "allowed"
     res = evaluate(_eval_cfg(out, synthetic_cache, f"ckpt_path={ckpt}", "eval.heads=[linear]",

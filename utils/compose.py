@@ -14,10 +14,14 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 
 
 def compose_config(config_name: str, overrides: list[str] | tuple[str, ...] = (), output_dir: str | Path | None = None,
-                   data_dir: str | Path | None = None, log_dir: str | Path | None = None):
+                   data_dir: str | Path | None = None, log_dir: str | Path | None = None, inside_run: bool = False):
     """`configs/<config_name>` with Hydra `overrides`, its run folder set to `output_dir` (without one,
     `paths.output_dir` cannot be resolved). `data_dir` / `log_dir` replace `paths.data_dir` /
-    `paths.log_dir` (tests keep corpora and caches in temporary folders)."""
+    `paths.log_dir` (tests keep corpora and caches in temporary folders).
+
+    inside_run: composed from inside a running Hydra task (crossval.py's chained stages): the keys that read
+    Hydra's runtime (`${hydra:...}`) are resolved into the returned config, and the running task's Hydra state
+    is put back, so its own config keeps resolving as before."""
     os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -25,6 +29,8 @@ def compose_config(config_name: str, overrides: list[str] | tuple[str, ...] = ()
     from omegaconf import open_dict
 
     name = config_name if config_name.endswith(".yaml") else f"{config_name}.yaml"
+    gh = GlobalHydra.instance()
+    saved = (gh.hydra if gh.is_initialized() else None, HydraConfig.instance().cfg)
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(name, overrides=list(overrides), return_hydra_config=True)
@@ -38,4 +44,14 @@ def compose_config(config_name: str, overrides: list[str] | tuple[str, ...] = ()
             cfg.paths.data_dir = str(data_dir)
         cfg.hydra.job.num = 0
     HydraConfig().set_config(cfg)
+    if inside_run:
+        from omegaconf import OmegaConf
+
+        with open_dict(cfg):
+            for key in ("experiment_name", "paths.output_dir", "paths.work_dir"):
+                OmegaConf.update(cfg, key, OmegaConf.select(cfg, key, default=None), force_add=True)
+        GlobalHydra.instance().clear()
+        if saved[0] is not None:
+            GlobalHydra.instance().initialize(saved[0])
+        HydraConfig.instance().cfg = saved[1]
     return cfg

@@ -51,6 +51,8 @@ def run_task(task: Callable, cfg):
     preempted when a signal stopped it: see callbacks/preemption.py)."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from utils.config_checks import ConfigError
+
     failed, preempted = True, False
     try:
         out = task(cfg)
@@ -59,6 +61,8 @@ def run_task(task: Callable, cfg):
     except SIGTERMException:
         preempted = True
         log.info("stopped by a signal after saving checkpoints/last.ckpt; resume with ckpt_path=last")
+        raise
+    except ConfigError:  # said in one line by the launcher, no traceback
         raise
     except Exception:
         log.exception("the run failed")

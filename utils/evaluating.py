@@ -27,15 +27,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from callbacks.embedding_writer import EmbeddingWriter, merge_rank_files
 from datamodules.records import ClipRecord
-from datamodules.speaker_datamodule import load_corpus_records
-from evaluation.embeddings_io import UNUSED_SPLIT, EmbeddingSet, load_npz, save_npz
+from evaluation.embeddings_io import EmbeddingSet, load_npz, save_npz
+from evaluation.fold_plan import label_mask, labelled_rows, load_records, plan_for_config, records_to_set
 from evaluation.provenance import Provenance, read_checkpoint_provenance
 from utils.config_checks import ConfigError, check_data_root, check_required, check_targets
 from utils.instantiators import instantiate_loggers
 from utils.training import save_resolved_config
 
 log = logging.getLogger(__name__)
-NO_LABEL = "<none>"
 SOURCES_HELP = ("ckpt_path=<checkpoint> (any of our modules; its backbone config comes with it), "
                 "backbone=ge2e|deeptalk (the encoder as configured: ge2e is the pretrained speaker model, "
                 "deeptalk is untrained) or embeddings=<file>.npz (embeddings extracted before; re-fit heads only)")
@@ -167,38 +166,6 @@ def heads_for(heads: list[str], features: dict | None, where: str) -> list[str]:
     return list(heads)
 
 
-def official_splits(records: list[ClipRecord], split_map: dict | None) -> list[str] | None:
-    """Map a corpus's own split names (MSP-Podcast Train/Test1, ESD train/test, ...) to train/test.
-
-    Clips in other splits (e.g. Development) get "unused": the official protocol leaves them out
-    (counted), k-fold uses them like any other clip.
-    """
-    if not split_map or any(r.split is None for r in records):
-        return None
-    lookup = {str(name): side for side, names in split_map.items() for name in names}
-    mapped = [lookup.get(str(r.split), UNUSED_SPLIT) for r in records]
-    return mapped if {"train", "test"} <= set(mapped) else None
-
-
-def records_to_set(records: list[ClipRecord], embeddings: np.ndarray, label_field: str,
-                   split_map: dict | None = None) -> EmbeddingSet:
-    if label_field not in ClipRecord.__dataclass_fields__:
-        raise ConfigError(f"eval.label_field={label_field!r} is not a record field; use 'emotion4' or 'emotion'")
-    labels = [getattr(r, label_field) or NO_LABEL for r in records]
-    splits = official_splits(records, split_map)
-    if splits is not None and UNUSED_SPLIT in splits:
-        unused = Counter(str(r.split) for r, s in zip(records, splits) if s == UNUSED_SPLIT)
-        log.info("official split: clips of %s are in neither train nor test (left out by the official protocol)",
-                 dict(unused))
-    unknown = [bool(r.extra.get("speaker_unknown")) for r in records]
-    return EmbeddingSet(
-        embeddings=embeddings, emotion=labels, speaker=[r.speaker for r in records],
-        split=splits,
-        session=[r.session for r in records] if all(r.session for r in records) else None,
-        utt_id=[r.utt_id for r in records],
-        speaker_unknown=np.array(unknown) if any(unknown) else None)
-
-
 def corpus_report(h, records: list[ClipRecord]) -> dict:
     """The manifest summary of the evaluated corpus (every count it carries, names of skipped files
     cut to a few per reason), or counts from the records where no summary exists (synthetic)."""
@@ -238,18 +205,19 @@ def corpus_report(h, records: list[ClipRecord]) -> dict:
     return report
 
 
-def extract(cfg: DictConfig, out_dir: Path, provenance: Provenance) -> EmbeddingSet:
-    """Embed every clip of the corpus through Lightning's predict loop (all devices, any precision)."""
+def prepare_corpus(cfg: DictConfig):
+    """(the datamodule, every clip of the corpus): the manifest is built here, nothing is embedded."""
     check_required(cfg, ["data.root", "data.corpus"])
     check_data_root(cfg.data)
     check_targets(cfg.data, "data")
     datamodule = instantiate(cfg.data, _convert_="all")
-    h = datamodule.hparams
     datamodule.prepare_data()
-    load_kwargs = {"quality": h.get("quality")} if "quality" in inspect.signature(load_corpus_records).parameters else {}
-    records = load_corpus_records(h.corpus, h.root, h.cache_dir, h.corpus_options, **load_kwargs)
-    if not records:
-        raise ValueError(f"corpus {h.corpus} at {h.root} has no clips")
+    return datamodule, load_records(cfg.data)
+
+
+def extract(cfg: DictConfig, out_dir: Path, provenance: Provenance, datamodule, records: list[ClipRecord]) -> EmbeddingSet:
+    """Embed every clip of the corpus through Lightning's predict loop (all devices, any precision)."""
+    h = datamodule.hparams
     output = feature_output(cfg)
     cache = Path(cfg.paths.log_dir) / "embedding_cache" / f"{cache_key(cfg)}.npy"
     description_file = cache.with_suffix(".features.json")
@@ -334,26 +302,6 @@ def align_to(reference: EmbeddingSet, other: EmbeddingSet, other_path: str) -> E
                         split=reference.split, session=reference.session, utt_id=reference.utt_id,
                         speaker_unknown=reference.speaker_unknown, provenance=aligned.provenance,
                         features=aligned.features)
-
-
-def label_mask(emb_set: EmbeddingSet, classes: list[str] | None, label_field: str) -> tuple[np.ndarray, dict]:
-    """Rows to evaluate and what was left out: clips without a label, clips outside `classes`."""
-    present = Counter(emb_set.emotion.tolist())
-    no_label = int(present.pop(NO_LABEL, 0))
-    left_out: dict = {}
-    if no_label:
-        left_out["no_label"] = no_label
-        log.info("evaluation: %d clips without a %s label left out", no_label, label_field)
-    if classes:
-        absent = [c for c in classes if c not in present]
-        if absent:
-            raise ValueError(f"eval.classes: class(es) {absent} not present; present labels: {dict(sorted(present.items()))}")
-        outside = {label: n for label, n in sorted(present.items()) if label not in classes}
-        if outside:
-            left_out["outside_classes"] = outside
-            log.info("evaluation keeps classes %s; rows dropped per label: %s", classes, outside)
-        return np.isin(emb_set.emotion, classes), left_out
-    return emb_set.emotion != NO_LABEL, left_out
 
 
 def head_kwargs_from(e: DictConfig, features: dict | None = None, heads: list[str] | None = None) -> dict:
@@ -506,7 +454,9 @@ def evaluate(cfg: DictConfig) -> dict:
         provenance = npz_provenance(emb_set, cfg.embeddings)
     else:
         provenance = embedding_provenance(cfg, source)
-        emb_set = extract(cfg, out_dir, provenance)
+        datamodule, records = prepare_corpus(cfg)
+        plan_for_config(cfg.eval, cfg.seed, labelled_rows(records, cfg.eval)[0])  # a plan that cannot work fails now
+        emb_set = extract(cfg, out_dir, provenance, datamodule, records)
     if emb_set is None:  # non-zero DDP rank after extraction
         return {}
     e = cfg.eval
@@ -524,13 +474,9 @@ def evaluate(cfg: DictConfig) -> dict:
 
     loggers = instantiate_loggers(cfg.get("logger"))
     logger_fn = (lambda d: [lg.log_metrics(d) for lg in loggers]) if loggers else None
-    from evaluation.protocols import plan_folds
     from evaluation.run_heads import run_evaluation
 
-    plan = plan_folds(emb_set, e.protocol, n_folds=e.n_folds, seed=cfg.seed, repeats=int(e.get("repeats", 1)),
-                      allow_speaker_overlap=bool(e.get("allow_speaker_overlap", False)),
-                      unknown_speakers_train=e.get("unknown_speakers_train"),
-                      cross_corpus=OmegaConf.to_container(e.cross_corpus) if e.get("cross_corpus") else None)
+    plan = plan_for_config(e, cfg.seed, emb_set)
     heads = heads_for(list(e.heads), emb_set.features, "evaluated")
     head_kwargs = head_kwargs_from(e, emb_set.features, heads)
     run_kwargs = dict(protocol=e.protocol, n_folds=e.n_folds, seed=cfg.seed, balancing=e.balancing,
