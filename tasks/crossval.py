@@ -111,6 +111,12 @@ def results_dir(cfg: DictConfig, overrides: list[str]) -> Path:
     return Path(str(cfg.paths.log_dir)) / "crossval" / str(cfg.data.corpus) / name
 
 
+def runs_dir_of(cfg: DictConfig, out: Path) -> Path:
+    """Where the folds' training runs (checkpoints, logs) go: under the log folder, keyed by the results folder."""
+    key = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:8]
+    return Path(str(cfg.paths.log_dir)) / "crossval_runs" / f"{out.name}-{key}"
+
+
 def data_overrides(overrides: list[str]) -> list[str]:
     """The corpus choice of the command, for a chained first stage (its own data module, not the SER one)."""
     keys = [(o, o.lstrip("+~").split("=", 1)[0]) for o in overrides]
@@ -260,27 +266,29 @@ def run_fold(fold, ctx: dict, cfg: DictConfig, settings: dict, out: Path) -> dic
 
     fold_dir = out / "folds" / fold.name
     result_file = fold_dir / "result.json"
+    run_dir = ctx["runs_dir"] / fold.name  # checkpoints and training logs (the results folder stays small)
     if result_file.is_file():
         log.info("fold %s: read back from %s", fold.name, result_file)
         return json.loads(result_file.read_text())
     shutil.rmtree(fold_dir, ignore_errors=True)  # an unfinished fold starts clean
+    shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
     ls = ctx["label_set"]
     train_speakers = sorted(set(ls.speaker[fold.train_idx].tolist()))
     seed = int(cfg.seed) + fold.repeat
     entry: dict = {"fold": fold.describe(), "train_speakers": train_speakers}
-    main_cfg = restrict(cfg, fold_dir / "train", train_speakers, settings["val_speakers"], seed)
+    main_cfg = restrict(cfg, run_dir / "train", train_speakers, settings["val_speakers"], seed)
     first = None
     if settings["pretrain"]:
         from utils.compose import compose_config
 
         pre = compose_config("train.yaml", data_overrides(ctx["overrides"]) + settings["pretrain"],
-                             output_dir=fold_dir / "pretrain", inside_run=True)
+                             output_dir=run_dir / "pretrain", inside_run=True)
         with open_dict(pre):
             pre.paths.data_dir, pre.paths.log_dir = str(cfg.paths.data_dir), str(cfg.paths.log_dir)
-        pre = restrict(pre, fold_dir / "pretrain", train_speakers, settings["val_speakers"], seed)
+        pre = restrict(pre, run_dir / "pretrain", train_speakers, settings["val_speakers"], seed)
         first = train_stage(pre, snapshot=True)
-        init = first["best"] or str(fold_dir / "pretrain" / "checkpoints" / "last.ckpt")
+        init = first["best"] or str(run_dir / "pretrain" / "checkpoints" / "last.ckpt")
         entry["pretrain"] = {"selected_checkpoint": init, "selected_on": first["monitor"], "score": first["score"],
                              "epochs_run": first["epochs_run"], "cluster_purity": first["cluster_purity"]}
         with open_dict(main_cfg):
@@ -317,7 +325,7 @@ def run_fold(fold, ctx: dict, cfg: DictConfig, settings: dict, out: Path) -> dic
                   "labels": ["provenance unknown"] if trust["status"] != "clean" else [], "scores": scores,
                   "seconds": round(time.perf_counter() - t0, 1)})
     if settings["keep_checkpoints"] == "none" or run["best"]:
-        for p in (fold_dir / "train" / "checkpoints").glob("*.ckpt"):
+        for p in (run_dir / "train" / "checkpoints").glob("*.ckpt"):
             if settings["keep_checkpoints"] == "none" or str(p) != run["best"]:
                 p.unlink()
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -362,7 +370,7 @@ def crossval(cfg: DictConfig) -> dict:
         scoring_dm.use_prefixes(None)
     ctx = {"dm": scoring_dm, "records": records, "label_set": label_set, "eval": cfg.eval, "seed": int(cfg.seed),
            "classes": classes, "cache_dir": Path(str(cfg.paths.data_dir)) / "clip_features",
-           "batch_size": settings["batch_size"], "overrides": overrides}
+           "batch_size": settings["batch_size"], "overrides": overrides, "runs_dir": runs_dir_of(cfg, out)}
     for f in folds:
         run_fold(f, ctx, cfg, settings, out)
     done = _finished_folds(out, plan)

@@ -127,7 +127,8 @@ def test_the_report_pairs_trained_and_baseline_on_the_same_folds(run):
     assert (res / "paired_folds.png").stat().st_size > 1000
     for f in written["folds"]:
         assert (res / "folds" / f["fold"]["name"] / "result.json").is_file()
-        assert len(list((res / "folds" / f["fold"]["name"] / "train" / "checkpoints").glob("*.ckpt"))) == 1
+        kept = list(Path(f["selected_checkpoint"]).parent.glob("*.ckpt"))
+        assert kept == [Path(f["selected_checkpoint"])] and not list((res / "folds").glob("**/*.ckpt"))
 
 
 def test_a_rerun_continues_from_the_finished_folds(run, synthetic_cache, monkeypatch):
@@ -260,7 +261,7 @@ def test_a_chain_and_folds_run_in_separate_processes(tmp_path, synthetic_cache):
     assert [f["fold"]["name"] for f in whole["folds"]] == ["fold0", "fold1"] and len(whole["comparisons"]) > 0
     for f in whole["folds"]:
         pre = f["pretrain"]["selected_checkpoint"]
-        assert Path(pre).parent.parent.name == "pretrain"
+        assert Path(pre).parent.parent.name == "pretrain" and Path(pre).is_file()
         chain_paths = f["trust"]["checked"]
         assert chain_paths[0] == f["selected_checkpoint"] and pre in chain_paths
         seen = torch.load(pre, weights_only=True)["seen_speakers"]
