@@ -10,7 +10,7 @@ from utils.entrypoint import launch
 
 
 def main_task(cfg):
-    from utils.evaluating import evaluate
+    from tasks.evaluate import evaluate
 
     evaluate(cfg)
 

@@ -10,7 +10,7 @@ from utils.entrypoint import launch
 
 
 def main_task(cfg):
-    from utils.predicting import predict
+    from tasks.predict import predict
 
     predict(cfg)
 

@@ -46,7 +46,7 @@ from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 
 from callbacks.embedding_bank import EmbeddingBank
 from lightning_modules.clip_embedding import embed_records
-from utils.cpu_features import cpu_flags, has_native_bf16
+from common.cpu_features import cpu_flags, has_native_bf16
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,6 @@ from torch import Tensor
 from datamodules.records import ClipRecord
 from datamodules.prefix import Prefix
 
-if TYPE_CHECKING:
-    from lightning_modules.backbones.base import Backbone
 
 log = logging.getLogger(__name__)
 

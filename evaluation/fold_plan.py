@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.records import ClipRecord
 from evaluation.embeddings_io import UNUSED_SPLIT, EmbeddingSet
 from evaluation.protocols import FoldPlan, plan_folds
-from utils.config_checks import ConfigError
+from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 NO_LABEL = "<none>"

@@ -91,46 +91,10 @@ def weights_sha256(module: nn.Module) -> str:
 
 
 # ----- encoder description -----
-def checkpoint_encoder(ckpt_path: str | Path) -> dict:
-    path = Path(ckpt_path).expanduser().resolve()
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    return {"kind": "checkpoint", "checkpoint": str(path), "sha256": file_sha256(path),
-            "size_bytes": path.stat().st_size, "module_class": ckpt.get("module_class"),
-            "backbone": (ckpt.get("hyper_parameters") or {}).get("backbone")}
-
-
 def backbone_encoder(backbone_cfg: Mapping[str, Any], module: nn.Module) -> dict:
     """A pretrained backbone built from its config (e.g. GE2E's weights from the resemblyzer wheel)."""
     backbone = getattr(module, "backbone", module)
     return {"kind": "backbone", "backbone": dict(backbone_cfg), "weights_sha256": weights_sha256(backbone)}
-
-
-def build_encoder(encoder: Mapping[str, Any], checkpoint_override: str | Path | None = None) -> nn.Module:
-    """The EmbeddingModule the bundle's heads were fitted on, after checking its weights are the recorded ones."""
-    from lightning_modules.embedding_module import EmbeddingModule, load_embedding_module
-
-    kind = encoder.get("kind")
-    if kind == "checkpoint":
-        path = Path(checkpoint_override or encoder["checkpoint"]).expanduser()
-        if not path.is_file():
-            raise BundleError(f"the bundle's encoder checkpoint {path} does not exist; if it was moved, pass "
-                              "encoder_ckpt_path=<its new location> (its SHA-256 is checked)")
-        actual = file_sha256(path)
-        if actual != encoder["sha256"]:
-            raise BundleError(f"encoder checkpoint {path} has changed since the heads were fitted: SHA-256 {actual} "
-                              f"!= {encoder['sha256']} recorded in the bundle (was training resumed into it?). The "
-                              "heads would label embeddings of other weights: re-run evaluate.py ckpt_path=<the "
-                              "checkpoint> to fit and export heads for it")
-        return load_embedding_module(str(path))
-    if kind == "backbone":
-        module = EmbeddingModule(backbone=dict(encoder["backbone"])).eval()
-        actual = weights_sha256(module.backbone)
-        if actual != encoder["weights_sha256"]:
-            raise BundleError(f"backbone {encoder['backbone'].get('_target_')} builds weights with SHA-256 {actual}, "
-                              f"not the {encoder['weights_sha256']} the heads were fitted on (another weights file "
-                              "or package version?); re-run evaluate.py with this backbone to export new heads")
-        return module
-    raise BundleError(f"bundle encoder kind {kind!r}: expected 'checkpoint' or 'backbone'")
 
 
 # ----- writing -----

@@ -1,6 +1,7 @@
 """Classifier heads fitted on frozen embeddings: the paper's RBF SVM, its Sad-first hierarchy,
-a linear probe, a neutral-vs-emotional detector, and (features=layer_stats only) a linear probe
-over a learnt softmax-weighted combination of the encoder's layers.
+a linear probe, a neutral-vs-emotional detector, (features=layer_stats only) a linear probe over a
+learnt softmax-weighted combination of the encoder's layers, and (features=auto) a head that picks the
+features and head of each fold on inner speaker-grouped folds of its training speakers.
 
 All heads are sklearn estimators (`fit(X, y, groups=None)`, `predict`, clonable via get_params),
 so sklearn's model selection tools work on them. Every head also says which labels it is scored
@@ -467,12 +468,128 @@ class WeightedLayersHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         return self.classes_[self.decision_function(X).argmax(axis=1)]
 
 
+class AutoFeaturesHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
+    """Picks the features and the head for a fold from its training speakers alone (`features=auto`).
+
+    Input: the final embedding and every layer's statistics side by side (`features=auto`: `embedding_dim`
+    columns, then `layer_widths`). Candidates (`candidates()`): the SVM and the linear probe on the embedding,
+    the linear probe on all layers' statistics, on every single layer, on all but the first (the encoder's
+    input, e.g. GE2E's mel) and on the top half, and weighted_layers, each over a small grid of C. Each is
+    scored by UA over `inner_folds` speaker-grouped folds of the training rows (GroupKFold on the speakers:
+    a test speaker of the outer fold is never among them); the best (ties: the earlier, simpler candidate) is
+    refit on all training rows. `pick_` says what was chosen and `inner_scores_` what every candidate scored.
+    """
+
+    def __init__(self, embedding_dim: int = 0, layer_widths: list[int] | None = None,
+                 layer_names: list[str] | None = None, inner_folds: int = 4, svm: dict | None = None,
+                 linear_C: list[float] | None = None, svm_C: list[float] | None = None,
+                 weighted_layers_C: list[float] | None = None, class_weight: str | dict | None = None,
+                 random_state: int = 0):
+        self.embedding_dim = embedding_dim
+        self.layer_widths = layer_widths
+        self.layer_names = layer_names
+        self.inner_folds = inner_folds
+        self.svm = svm
+        self.linear_C = linear_C
+        self.svm_C = svm_C
+        self.weighted_layers_C = weighted_layers_C
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def check_arguments(self) -> None:
+        if int(self.embedding_dim) < 0 or any(int(w) < 1 for w in self.layer_widths or []):
+            raise ValueError(f"head 'auto': embedding_dim={self.embedding_dim}, layer_widths={self.layer_widths}")
+        if int(self.inner_folds) < 2:
+            raise ValueError(f"head 'auto': inner_folds={self.inner_folds}: expected >= 2")
+
+    def _embedding_dim(self) -> int:
+        return int(getattr(self, "embedding_dim_", self.embedding_dim))
+
+    def _layer_cols(self) -> list[np.ndarray]:
+        out, start = [], self._embedding_dim()
+        for w in self.layer_widths or []:
+            out.append(np.arange(start, start + int(w)))
+            start += int(w)
+        return out
+
+    def candidates(self) -> list[tuple[str, np.ndarray, str, dict]]:
+        """(name, columns, head, head kwargs) in order of preference (simpler first)."""
+        linear_c = list(self.linear_C or [0.01, 0.1, 1.0])
+        svm_c = list(self.svm_C or [10.0, 100.0, 1000.0])
+        wl_c = list(self.weighted_layers_C or [0.1, 1.0])
+        base = {"class_weight": self.class_weight, "random_state": self.random_state}
+        out = []
+        emb = np.arange(self._embedding_dim())
+        if len(emb):
+            out += [(f"embedding/svm C={c:g}", emb, "svm", {**(self.svm or {}), **base, "C": c}) for c in svm_c]
+            out += [(f"embedding/linear C={c:g}", emb, "linear", {**base, "C": c}) for c in linear_c]
+        cols = self._layer_cols()
+        if cols:
+            names = list(self.layer_names or [f"layer{i}" for i in range(len(cols))])
+            subsets = [("layer_stats", list(range(len(cols))))]
+            if len(cols) > 2:
+                subsets.append((f"layer_stats[{','.join(names[1:])}]", list(range(1, len(cols)))))
+                top = list(range(len(cols) // 2, len(cols)))
+                if top != subsets[-1][1]:
+                    subsets.append((f"layer_stats[{','.join(names[i] for i in top)}]", top))
+            if len(cols) > 1:
+                subsets += [(f"layer_stats[{names[i]}]", [i]) for i in range(len(cols))]
+            for name, idx in subsets:
+                c_idx = np.concatenate([cols[i] for i in idx])
+                out += [(f"{name}/linear C={c:g}", c_idx, "linear", {**base, "C": c}) for c in linear_c]
+            if len(cols) > 1:
+                every = np.concatenate(cols)
+                out += [(f"layer_stats/weighted_layers C={c:g}", every, "weighted_layers",
+                         {**base, "C": c, "layer_widths": [int(w) for w in self.layer_widths],
+                          "layer_names": names}) for c in wl_c]
+        return out
+
+    def fit(self, X, y, groups=None) -> "AutoFeaturesHead":
+        from sklearn.metrics import balanced_accuracy_score
+
+        self.check_arguments()
+        X, y = _check_xy(X, y)
+        # without a layout (not features=auto) every column is one embedding: the pick is then the head and its C
+        self.embedding_dim_ = int(self.embedding_dim) or (0 if self.layer_widths else X.shape[1])
+        if groups is None:
+            raise ValueError("head 'auto' picks on speaker-grouped inner folds: it needs the speakers (groups)")
+        groups = np.asarray(groups)
+        n_groups = len(np.unique(groups))
+        k = min(int(self.inner_folds), n_groups)
+        if k < 2:
+            raise ValueError(f"head 'auto': {n_groups} training speaker(s): the inner folds need at least 2")
+        splits = list(GroupKFold(n_splits=k, shuffle=True, random_state=self.random_state).split(X, y, groups))
+        scores = {}
+        for name, cols, head, kwargs in self.candidates():
+            fold_scores = []
+            for tr, te in splits:
+                if len(np.unique(y[tr])) < 2:
+                    continue
+                h = make_head(head, **kwargs).fit(X[tr][:, cols], y[tr], groups=groups[tr])
+                fold_scores.append(balanced_accuracy_score(y[te], h.predict(X[te][:, cols])))
+            scores[name] = float(np.mean(fold_scores)) if fold_scores else float("nan")
+        best = max(scores, key=lambda n: (np.nan_to_num(scores[n], nan=-1.0), -list(scores).index(n)))
+        _, cols, head, kwargs = next(c for c in self.candidates() if c[0] == best)
+        self.columns_, self.pick_, self.inner_scores_ = cols, best, scores
+        self.model_ = make_head(head, **kwargs).fit(X[:, cols], y, groups=groups)
+        self.best_params_ = {"pick": best, "inner_ua": scores[best], "inner_folds": k}
+        self.classes_ = self.model_.classes_
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        return self.model_.predict(np.asarray(X)[:, self.columns_])
+
+    def predict_proba(self, X) -> np.ndarray:
+        return self.model_.predict_proba(np.asarray(X)[:, self.columns_])
+
+
 HEADS: dict[str, type] = {
     "svm": SVMHead,
     "sad_first": SadFirstHead,
     "linear": LinearProbeHead,
     "detection": DetectionHead,
     "weighted_layers": WeightedLayersHead,
+    "auto": AutoFeaturesHead,
 }
 
 

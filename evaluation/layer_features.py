@@ -34,6 +34,21 @@ def layer_stats_description(names: Sequence[str], dims: Sequence[int]) -> dict:
             "dim": int(sum(2 * d for d in dims))}
 
 
+AUTO = "auto"
+
+
+def auto_description(embedding_dim: int, names: Sequence[str], dims: Sequence[int]) -> dict:
+    """features=auto: the final embedding's columns, then every layer's statistics (those of layer_stats)."""
+    stats = layer_stats_description(names, dims)
+    return {**stats, "output": AUTO, "embedding_dim": int(embedding_dim), "dim": int(embedding_dim) + stats["dim"]}
+
+
+def auto_parts(description: dict) -> tuple[int, dict]:
+    """(embedding columns, the layer_stats description of the columns after them) of features=auto."""
+    return int(description["embedding_dim"]), {**description, "output": LAYER_STATS,
+                                                "dim": int(description["dim"]) - int(description["embedding_dim"])}
+
+
 def output_of(description: dict | None) -> str:
     """The clip_embedding output a description names; files without one hold final embeddings."""
     return "embedding" if not description else str(description.get("output", "embedding"))

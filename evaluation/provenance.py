@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from utils.config_checks import ConfigError
+from common.errors import ConfigError, TransductiveEvaluationError, UnknownProvenanceError  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +22,6 @@ SEEN_CORPORA_KEY = "seen_corpora"
 UNKNOWN_FROM_KEY = "provenance_unknown_from"  # warm-start sources that recorded no speakers
 FOLD_WISE_ROUTE = "crossval.py"
 
-
-class TransductiveEvaluationError(ConfigError):
-    """The encoder saw test speakers' audio and the run did not opt in to a transductive score."""
 
 
 @dataclass(frozen=True)
@@ -118,31 +115,6 @@ def check_leakage(fold_test_speakers: Sequence[Sequence[str]], provenance: Prove
     log.warning("TRANSDUCTIVE evaluation (allowed): %s", message)
     record.update(status="transductive", transductive=True)
     return record
-
-
-def checkpoint_chain(ckpt_path: str | Path | None) -> list[dict]:
-    """The checkpoint and every checkpoint its weights were warm-started from (`warm_started_from`, or
-    `hyper_parameters.init_from`), each with the speakers it records (None: not recorded) and the sources
-    it records as unknown. A file in the chain that is gone is listed as missing (it cannot be checked)."""
-    import torch
-
-    out: list[dict] = []
-    path, visited = (str(ckpt_path) if ckpt_path else None), set()
-    while path and path not in visited:
-        visited.add(path)
-        if not Path(path).is_file():
-            out.append({"path": path, "missing": True, "seen": None, "unknown_from": []})
-            break
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        seen = ckpt.get(SEEN_SPEAKERS_KEY)
-        out.append({"path": path, "missing": False, "seen": None if seen is None else sorted(seen),
-                    "unknown_from": list(ckpt.get(UNKNOWN_FROM_KEY) or [])})
-        path = ckpt.get("warm_started_from") or (ckpt.get("hyper_parameters") or {}).get("init_from")
-    return out
-
-
-class UnknownProvenanceError(ConfigError):
-    """A checkpoint (or one it was warm-started from) records no speakers, and the run did not opt in."""
 
 
 def check_chain(chain: Sequence[dict], test_speakers: Sequence[str], allow_unknown: bool = False,

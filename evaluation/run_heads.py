@@ -147,6 +147,9 @@ def _summarize_head(fold_entries: list[dict], labels: list[str], plan: FoldPlan,
         ci = corrected_t_interval([f[key] for f in fold_entries], ratio, bounds=(0.0, 1.0))
         out[f"{key}_ci95"] = None if ci is None else [ci["low"], ci["high"]]
     out["n_scores"] = len(fold_entries)
+    picks = [f["best_params"]["pick"] for f in fold_entries if isinstance(f.get("best_params"), dict) and "pick" in f["best_params"]]
+    if picks:  # head auto: what the folds chose on their training speakers
+        out["picks"] = dict(Counter(picks).most_common())
     if all("layer_weights" in f for f in fold_entries) and fold_entries:
         names = list(fold_entries[0]["layer_weights"])
         w = np.array([[f["layer_weights"][n] for n in names] for f in fold_entries])

@@ -17,6 +17,7 @@ Extension point: `output` names what is computed per clip (`CLIP_OUTPUTS`, each 
   windows the embedding uses (`Backbone.layer_stats_utterances`; GE2E: Resemblyzer's partials, the
   padding past the clip's end left out; a clip shorter than one window is run as it is, unpadded).
   Its `n_padded` counts those short clips.
+- "auto": both side by side (embedding first), for the head that picks per fold (`features=auto`).
 """
 from __future__ import annotations
 
@@ -40,20 +41,29 @@ def _layer_stats(backbone: Backbone, wavs: list[Tensor]) -> tuple[Tensor, int]:
     return backbone.layer_stats_utterances(wavs)
 
 
+def _auto(backbone: Backbone, wavs: list[Tensor]) -> tuple[Tensor, int]:
+    wavs = [backbone.input_of(w) for w in wavs]  # the frozen prefix once for both
+    emb, n_padded = backbone.embed_utterances(wavs)
+    stats, _ = backbone.layer_stats_utterances(wavs)
+    return torch.cat([emb.float(), stats.float()], 1), n_padded
+
+
 # output name -> (backbone, list of 1-D waveforms) -> (per-clip values, number of zero-padded clips)
 CLIP_OUTPUTS: dict[str, Callable[[Backbone, list[Tensor]], tuple[Tensor, int]]] = {
-    "embedding": _final_embedding, "layer_stats": _layer_stats}
+    "embedding": _final_embedding, "layer_stats": _layer_stats, "auto": _auto}
 
 
 def describe_output(model: nn.Module, output: str = "embedding") -> dict:
     """What the columns of `output` are for this backbone (stored with the features, read by heads and predict)."""
-    from evaluation.layer_features import embedding_description, layer_stats_description
+    from evaluation.layer_features import auto_description, embedding_description, layer_stats_description
 
     if output not in CLIP_OUTPUTS:
         raise ValueError(f"output={output!r}: expected one of {sorted(CLIP_OUTPUTS)}")
     backbone = _backbone_of(model)
     if output == "embedding":
         return embedding_description(backbone.embedding_dim)
+    if output == "auto":
+        return auto_description(backbone.embedding_dim, backbone.layer_names(), backbone.layer_dims())
     return layer_stats_description(backbone.layer_names(), backbone.layer_dims())
 
 
@@ -130,3 +140,21 @@ def embed_records(model: nn.Module, datamodule: Any, records: Sequence, batch_si
     out = torch.full((len(records), dim), float("nan"))
     out[local_idx[valid]] = local[valid]
     return out.numpy()
+
+
+class ClipPredictor(L.LightningModule):
+    """Lightning's predict loop around either model: features for a bundle's head, or a SER module's
+    probabilities. Device, precision and DDP come from the trainer like in evaluate.py."""
+
+    def __init__(self, model: torch.nn.Module, mode: str, features: str = "embedding"):
+        super().__init__()
+        self.model, self.mode, self.features = model, mode, features
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        if self.mode == "features":
+            out = embed_clips(self.model, batch["wavs"], self.features)
+            values, n_padded = out.values, out.n_padded
+        else:
+            with torch.no_grad():
+                values, n_padded = self.model.predict_proba(batch["wavs"]).float().cpu(), 0
+        return {"embeddings": values, "index": batch["index"].cpu(), "n_padded": n_padded}

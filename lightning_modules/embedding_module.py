@@ -62,7 +62,9 @@ def load_backbone_weights(backbone: Backbone, ckpt_path: str, prefix: str = "bac
     """Warm start: copy `backbone.*` weights from a checkpoint of any of our modules (safe loading).
 
     Returns the checkpoint's provenance (`read_provenance`): the warm-started weights carry it."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    from lightning_modules.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(ckpt_path).raw
     state = ckpt.get("state_dict", ckpt)
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not sub:
@@ -290,22 +292,3 @@ class EmbeddingModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def load_embedding_module(ckpt_path: str, map_location: str = "cpu") -> EmbeddingModule:
-    """Rebuild any of our objectives from its checkpoint (class path stored by `on_save_checkpoint`)."""
-    import importlib
-    from pathlib import Path
-
-    if not Path(ckpt_path).exists():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist")
-    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
-    target = ckpt.get("module_class")
-    if not target:
-        raise ValueError(f"{ckpt_path} has no 'module_class' entry: not a checkpoint written by this framework")
-    module, _, name = target.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    model = cls(**ckpt["hyper_parameters"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.on_load_checkpoint(ckpt)
-    return model.eval()

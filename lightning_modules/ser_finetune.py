@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_recall
 
 from datamodules.prefix import Prefix, batch_size_of, cat_batches
-from lightning_modules.backbones.base import Backbone
+from lightning_modules.backbones.base import Backbone, owned_frames
 from lightning_modules.embedding_module import EmbeddingModule
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 FREEZE_MODES = ("all", "partial", "none")
 POOLINGS = ("layers", "embedding")
 STATS = ("mean", "mean_std")
+STATS_NORMS = ("layer", "batch")
+CLIP_POOLINGS = ("windows", "frames")
 CLASS_WEIGHTS = ("balanced", "none")
 
 
@@ -118,15 +120,22 @@ def _rows(x: Tensor | Prefix, start: int, stop: int) -> Tensor | Prefix:
 
 
 class LayerWeightedPooling(nn.Module):
-    """Per-layer time statistics -> LayerNorm -> Linear(pooled_dim), summed with softmax weights."""
+    """Per-layer time statistics -> normalisation -> Linear(pooled_dim), summed with softmax weights.
 
-    def __init__(self, layer_dims: Sequence[int], pooled_dim: int, stats: str = "mean"):
+    norm: "layer" normalises each clip's statistics of a layer across their columns (LayerNorm); "batch"
+    standardises every column across clips (BatchNorm without affine, running statistics at evaluation:
+    what the frozen probe's StandardScaler does)."""
+
+    def __init__(self, layer_dims: Sequence[int], pooled_dim: int, stats: str = "mean", norm: str = "layer"):
         super().__init__()
         if stats not in STATS:
             raise ValueError(f"model.stats={stats!r}: expected one of {STATS}")
+        if norm not in STATS_NORMS:
+            raise ValueError(f"model.stats_norm={norm!r}: expected one of {STATS_NORMS}")
         self.stats = stats
         k = 2 if stats == "mean_std" else 1
-        self.norms = nn.ModuleList(nn.LayerNorm(d * k) for d in layer_dims)
+        self.norms = nn.ModuleList((nn.LayerNorm(d * k) if norm == "layer" else nn.BatchNorm1d(d * k, affine=False))
+                                   for d in layer_dims)
         self.projections = nn.ModuleList(nn.Linear(d * k, pooled_dim) for d in layer_dims)
         self.layer_logits = nn.Parameter(torch.zeros(len(layer_dims)))
 
@@ -160,6 +169,9 @@ class SERFinetuneModule(EmbeddingModule):
     pooling: layers | embedding; stats: mean | mean_std (per layer, over time); pooled_dim: width of the
         pooled representation; classifier_hidden: hidden units of the classifier (0 = linear); dropout.
     class_weights: balanced (from the training part's counts) | none.
+    stats_norm: layer (LayerNorm of each clip's statistics) | batch (every column standardised across clips).
+    clip_pooling: how a whole clip's statistics are formed from its windows: windows (the mean of each window's
+        statistics) | frames (the statistics of all its frames, each counted once: features=layer_stats' rule).
     lr: the encoder's learning rate; head_lr: the pooling's and classifier's.
     All EmbeddingModule options apply as well (init_from, weight_decay, scheduler, warmup_steps, ...).
     """
@@ -167,7 +179,8 @@ class SERFinetuneModule(EmbeddingModule):
     def __init__(self, backbone: Backbone | Mapping[str, Any], class_names: Sequence[str] | None = None,
                  freeze: str = "partial", freeze_stages: int = 2, pooling: str = "layers", stats: str = "mean_std",
                  pooled_dim: int = 256, classifier_hidden: int = 128, dropout: float = 0.2,
-                 class_weights: str = "balanced", head_lr: float = 1e-2, max_windows_per_batch: int = 64, **kwargs):
+                 class_weights: str = "balanced", head_lr: float = 1e-2, max_windows_per_batch: int = 64,
+                 stats_norm: str = "layer", clip_pooling: str = "windows", **kwargs):
         kwargs.setdefault("probe_every_n_epochs", 0)  # its own classifier is scored instead of a probe
         super().__init__(backbone, **kwargs)
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, Backbone) else [])
@@ -184,7 +197,9 @@ class SERFinetuneModule(EmbeddingModule):
             raise ValueError(f"model.freeze_stages={freeze_stages}: expected 1..{len(stages)} for this backbone "
                              f"(stages: {[s for s, _ in stages]})")
         self.frozen_parameters = self._apply_freeze(stages)
-        self.pooling = LayerWeightedPooling(self._layer_dims(), pooled_dim, stats)
+        if clip_pooling not in CLIP_POOLINGS:
+            raise ValueError(f"model.clip_pooling={clip_pooling!r}: expected one of {CLIP_POOLINGS}")
+        self.pooling = LayerWeightedPooling(self._layer_dims(), pooled_dim, stats, stats_norm)
         self.classifier: nn.Module | None = None
         if class_names:
             self._build_classifier([str(c) for c in class_names])
@@ -292,18 +307,29 @@ class SERFinetuneModule(EmbeddingModule):
 
     def clip_logits(self, wavs: Sequence[Tensor | Prefix]) -> Tensor:
         """(N, C) logits of N variable-length clips (waveforms or whole-clip prefixes): the statistics of the
-        backbone's utterance windows averaged per clip, classified once."""
+        backbone's utterance windows pooled per clip (`clip_pooling`), classified once."""
         device = self.class_weights.device if self.classifier is not None else next(self.parameters()).device
         if not len(wavs):
             return torch.zeros(0, len(self.hparams.class_names or []))
-        windows, owners = [], []
+        windows, owners, spans = [], [], []
         for i, w in enumerate(wavs):
-            pieces = self.backbone.clip_windows(w.to(device))[0]
+            pieces, own, _ = self.backbone.clip_windows(w.to(device))
             windows.append(pieces)
             owners += [i] * batch_size_of(pieces)
+            spans += own
         windows_t = cat_batches(windows)
         owner = torch.tensor(owners, device=device)
         step = int(self.hparams.max_windows_per_batch)
+        if self.hparams.clip_pooling == "frames":
+            per_clip: list[list[list[Tensor]]] = [[] for _ in wavs]
+            for j in range(0, len(owners), step):
+                outs = self.encoder_outputs(_rows(windows_t, j, j + step))
+                for r in range(batch_size_of(_rows(windows_t, j, j + step))):
+                    per_clip[owners[j + r]].append([owned_frames(o[r], spans[j + r]) if o.dim() == 3 else o[r: r + 1]
+                                                    for o in outs])
+            stats = [torch.cat(layer) for layer in zip(*[self.pooling.time_stats(
+                [torch.cat(list(ws)).unsqueeze(0) for ws in zip(*clip)]) for clip in per_clip])]
+            return self.logits_from_stats(stats)
         chunks = [self.pooling.time_stats(self.encoder_outputs(_rows(windows_t, j, j + step)))
                   for j in range(0, len(owners), step)]
         count = torch.bincount(owner, minlength=len(wavs)).clamp_min(1).unsqueeze(1).float()

@@ -53,11 +53,9 @@ def load_encoder(cfg, ckpt: str | None):
 
     from lightning_modules.embedding_module import EmbeddingModule, load_backbone_weights
 
-    spec = OmegaConf.to_container(cfg.backbone, resolve=True)
-    if ckpt:
-        hp = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-        if isinstance(hp.get("backbone"), dict) and "_target_" in hp["backbone"]:
-            spec = hp["backbone"]
+    from lightning_modules.checkpoints import read_checkpoint
+
+    spec = read_checkpoint(ckpt).backbone_config if ckpt else OmegaConf.to_container(cfg.backbone, resolve=True)
     module = EmbeddingModule(spec)
     if ckpt:
         load_backbone_weights(module.backbone, ckpt)

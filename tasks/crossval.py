@@ -41,11 +41,11 @@ from evaluation.embeddings_io import EmbeddingSet
 from evaluation.fold_plan import labelled_rows, plan_for_config
 from evaluation.metrics import compute_metrics
 from evaluation.protocols import FoldPlan
-from evaluation.provenance import check_chain, checkpoint_chain
-from utils.config_checks import ConfigError
+from evaluation.provenance import check_chain
+from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
-FEATURES = ("embedding", "layer_stats")
+FEATURES = ("embedding", "layer_stats", "auto")
 
 
 # ----- settings -----
@@ -58,7 +58,7 @@ def settings_of(cfg: DictConfig) -> dict:
     probes = OmegaConf.to_container(c.probes, resolve=True) if c.get("probes") else []
     for i, p in enumerate(probes):
         if not isinstance(p, dict) or set(p) != {"features", "head"}:
-            raise ConfigError(f"crossval.probes[{i}]={p!r}: expected {{features: embedding|layer_stats, head: <head>}}")
+            raise ConfigError(f"crossval.probes[{i}]={p!r}: expected {{features: embedding|layer_stats|auto, head: <head>}}")
         if p["features"] not in FEATURES:
             raise ConfigError(f"crossval.probes[{i}].features={p['features']!r}: expected one of {list(FEATURES)}")
         if p["head"] not in HEADS:
@@ -193,7 +193,7 @@ def score_probes(side: str, backbone, ctx: dict, fold, probes: list[dict]) -> di
     """{`<side>/<features>/<head>`: scores} of every probe on the fold (fit on its training rows, test on its test rows)."""
     from evaluation.run_heads import run_evaluation
     from lightning_modules.clip_feature_cache import clip_features
-    from utils.evaluating import head_kwargs_from
+    from tasks.evaluate import head_kwargs_from
 
     out, features = {}, {}
     for p in probes:
@@ -262,7 +262,7 @@ def baseline_encoder(stage_cfg: DictConfig, state: dict):
 
 
 def run_fold(fold, ctx: dict, cfg: DictConfig, settings: dict, out: Path) -> dict:
-    from lightning_modules.embedding_module import load_embedding_module
+    from lightning_modules.checkpoints import read_checkpoint
 
     fold_dir = out / "folds" / fold.name
     result_file = fold_dir / "result.json"
@@ -298,14 +298,17 @@ def run_fold(fold, ctx: dict, cfg: DictConfig, settings: dict, out: Path) -> dic
     run = train_stage(main_cfg, snapshot=first is None)
     if first is None:
         baseline_cfg, snapshot = main_cfg, run["snapshot"]
-    module = load_embedding_module(run["best"]) if run["best"] else run["model"]
+    module = read_checkpoint(run["best"]).module() if run["best"] else run["model"]
     dm = run["datamodule"]
     test_speakers = list(fold.test_speakers)
     if set(dm.val_speakers) & set(test_speakers) or {r.speaker for r in dm.train_records} & set(test_speakers):
         raise RuntimeError(f"fold {fold.name}: the run's training or validation speakers include test speakers")
-    chain = checkpoint_chain(run["best"]) if run["best"] else [
+    init = module.hparams.get("init_from")
+    chain = read_checkpoint(run["best"]).chain() if run["best"] else [
         {"path": "<the run's last weights>", "missing": False, "seen": sorted(module.seen_speakers),
-         "unknown_from": list(module.unknown_provenance)}] + checkpoint_chain(module.hparams.get("init_from"))
+         "unknown_from": list(module.unknown_provenance)}] + (
+        [] if not init else read_checkpoint(init).chain() if Path(init).is_file() else
+        [{"path": str(init), "missing": True, "seen": None, "unknown_from": []}])
     trust = check_chain(chain, test_speakers, settings["allow_unknown_provenance"], where=f"fold {fold.name}: ")
     scores = {}
     if settings["score_test"]:
@@ -343,7 +346,7 @@ def run_fold(fold, ctx: dict, cfg: DictConfig, settings: dict, out: Path) -> dic
 # ----- the task -----
 def plan_of(cfg: DictConfig):
     """(records, labelled set, plan): evaluate.py's folds of the configured corpus, nothing embedded."""
-    from utils.evaluating import prepare_corpus
+    from tasks.evaluate import prepare_corpus
 
     dm, records = prepare_corpus(cfg)
     label_set, rows, left_out = labelled_rows(records, cfg.eval)

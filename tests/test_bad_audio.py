@@ -1,7 +1,7 @@
 """Bad-input matrix: a folder corpus with one planted file of every kind users ship by accident.
 
 For each stage (prepare = the manifest, train = a fast dev run through `utils.training.train`,
-evaluate = `utils.evaluating.evaluate` with the pretrained GE2E, its metrics.json data block) the test
+evaluate = `tasks.evaluate.evaluate` with the pretrained GE2E, its metrics.json data block) the test
 checks that every planted file lands in its expected category of the report, with the expected
 counts, that nothing reaches training unannounced, and that nothing crashes.
 """
@@ -154,7 +154,7 @@ def test_train_stage_fast_dev_run_sees_only_clean_clips(corpus, tmp_path):
 
 
 def test_evaluate_stage_pretrained_ge2e_reports_the_counts_in_metrics_json(corpus, tmp_path):
-    from utils.evaluating import evaluate
+    from tasks.evaluate import evaluate
 
     root, planted = corpus
     out = tmp_path / "eval"

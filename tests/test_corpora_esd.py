@@ -55,7 +55,7 @@ def test_official_split_shares_every_speaker_so_auto_falls_back_to_kfold(tmp_pat
     import numpy as np
 
     from evaluation.protocols import plan_folds
-    from utils.evaluating import records_to_set
+    from tasks.evaluate import records_to_set
 
     root = build_esd(tmp_path / "ESD", ["0001", "0002", "0011", "0012"], per_emotion=3, split_folders=True)
     records = parse_esd(root).records
@@ -72,7 +72,7 @@ def test_evaluate_on_esd_records_the_fallback_and_the_corpus_report(tmp_path):
     import json
 
     from tests.conftest import make_cfg
-    from utils.evaluating import evaluate
+    from tasks.evaluate import evaluate
 
     root = build_esd(tmp_path / "ESD", ["0001", "0002", "0011", "0012"], per_emotion=3, split_folders=True)
     write_wav(root / "Emotion Speech Dataset" / "0001" / "Contempt" / "train" / "0001_002000.wav")  # skipped

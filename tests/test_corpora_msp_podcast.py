@@ -70,7 +70,7 @@ def test_unknown_speakers_are_flagged_in_the_embedding_set_and_never_tested(tmp_
     import numpy as np
 
     from evaluation.protocols import plan_folds
-    from utils.evaluating import records_to_set
+    from tasks.evaluate import records_to_set
 
     rows = []
     for spk in range(6):  # six known speakers with clips in Train, two in Test1

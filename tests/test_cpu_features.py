@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 
-from utils import cpu_features
-from utils.cpu_features import SlowPrecisionWarning, bf16_cpu_warning, cpu_flags, has_native_bf16
+from common import cpu_features
+from common.cpu_features import SlowPrecisionWarning, bf16_cpu_warning, cpu_flags, has_native_bf16
 
 AVX2_ONLY = """processor\t: 0
 vendor_id\t: AuthenticAMD

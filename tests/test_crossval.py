@@ -43,7 +43,7 @@ def run(tmp_path_factory, synthetic_cache):
 def test_the_folds_are_evaluate_pys(tmp_path, synthetic_cache):
     """The same seed, eval.n_folds and eval.repeats give crossval and evaluate.py the same test speakers."""
     from tasks.crossval import plan_of
-    from utils.evaluating import evaluate
+    from tasks.evaluate import evaluate
 
     common = [*CORPUS, "eval.n_folds=3", "eval.repeats=2", "seed=7"]
     ev = make_cfg("evaluate.yaml", tmp_path / "ev", [*common, "backbone=ge2e", "eval.heads=[linear]",
@@ -60,9 +60,9 @@ def test_the_folds_are_evaluate_pys(tmp_path, synthetic_cache):
 
 def test_a_plan_the_corpus_cannot_support_fails_before_anything_is_embedded(tmp_path, synthetic_cache, monkeypatch):
     """4 speakers, eval.n_folds=5: one clear line, before extraction (evaluate.py) or training (crossval.py)."""
-    import utils.evaluating as evaluating
+    import tasks.evaluate as evaluating
     import utils.training as training
-    from utils.config_checks import ConfigError
+    from common.errors import ConfigError
 
     def never(*a, **k):
         raise AssertionError("embedded or trained before the plan was checked")
@@ -144,9 +144,9 @@ def test_a_rerun_continues_from_the_finished_folds(run, synthetic_cache, monkeyp
 
 def test_predict_py_applies_a_fold_checkpoint(run, tmp_path, synthetic_cache):
     from datamodules.audio import load_audio, trim_silence
-    from lightning_modules.embedding_module import load_embedding_module
+    from lightning_modules.checkpoints import load_embedding_module
     from tasks.crossval import plan_of
-    from utils.predicting import predict
+    from tasks.predict import predict
 
     out, result = run
     fold = result["folds"][0]

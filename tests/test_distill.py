@@ -18,7 +18,7 @@ from lightning_modules.backbones.base import Backbone
 from lightning_modules.backbones.context_encoder import ContextEncoderBackbone, ContextOutput
 from lightning_modules.distillation import (DistillationModule, ema_decay_at, instance_normalised_average, span_mask,
                                             utterance_prediction)
-from lightning_modules.embedding_module import load_embedding_module
+from lightning_modules.checkpoints import load_embedding_module
 from utils.training import train
 
 
@@ -344,7 +344,7 @@ def test_training_lowers_both_losses_logs_the_schedule_and_evaluates(distill_cfg
                           atol=1e-6)
 
     from tests.conftest import make_cfg
-    from utils.evaluating import evaluate
+    from tasks.evaluate import evaluate
 
     eval_cfg = make_cfg("evaluate.yaml", tmp_path / "eval", [
         "data.corpus_options.n_speakers=8", "data.corpus_options.clips_per_emotion=2", "data.val_speakers=2",

@@ -126,7 +126,7 @@ def test_gamma_scale_matches_sklearn_rule():
 
 
 def test_make_head_rejects_unknown_names_and_arguments():
-    with pytest.raises(ValueError, match=r"unknown head 'svn'; available heads: \['detection', 'linear', 'sad_first', 'svm', 'weighted_layers'\]"):
+    with pytest.raises(ValueError, match=r"unknown head 'svn'; available heads: \['auto', 'detection', 'linear', 'sad_first', 'svm', 'weighted_layers'\]"):
         make_head("svn")
     with pytest.raises(ValueError, match=r"unknown argument\(s\) \['c'\].*'C'"):
         make_head("svm", c=10)
@@ -173,3 +173,62 @@ def test_nystroem_is_decided_once_for_grid_search_and_refit(monkeypatch):
     decisions.clear()
     SVMHead(use_nystroem=False, nystroem_threshold=0).fit(X, y)  # forced by the caller
     assert decisions == [(len(X), False)]
+
+
+# ----- features=auto: the pick of every fold, from its training speakers only -----
+def _auto_data(signal: str, seed: int = 0):
+    """8 speakers x 24 clips, 3 classes; the class shows in the embedding columns, or in layer 2 only."""
+    rng = np.random.default_rng(seed)
+    n, emb, widths = 192, 8, [6, 6, 6]
+    y = np.tile(np.array(["a", "b", "c"]), n // 3)
+    groups = np.repeat([f"s{i}" for i in range(8)], n // 8)
+    X = rng.normal(size=(n, emb + sum(widths)))
+    X += rng.normal(size=(8, X.shape[1]))[np.repeat(np.arange(8), n // 8)]  # speaker offsets, as speech has
+    code = {"a": 0, "b": 1, "c": 2}
+    lo = 0 if signal == "embedding" else emb + widths[0] + widths[1]
+    for i, label in enumerate(y):
+        X[i, lo + code[label]] += 3.0
+    return X, y, groups, emb, widths
+
+
+@pytest.mark.parametrize("signal, expected", [("embedding", "embedding/"), ("layer", "layer_stats[")])
+def test_auto_picks_the_features_that_carry_the_emotion(signal, expected):
+    from evaluation.heads import make_head
+
+    X, y, groups, emb, widths = _auto_data(signal)
+    head = make_head("auto", embedding_dim=emb, layer_widths=widths, layer_names=["l0", "l1", "l2"], inner_folds=4)
+    head.fit(X[:144], y[:144], groups=groups[:144])  # six training speakers; the last two are the "test" ones
+    assert head.pick_.startswith(expected), head.inner_scores_
+    if signal == "layer":  # a subset with the one informative layer (l2 alone, or l1 and l2)
+        assert "l2" in head.pick_.split("/")[0] and "l0" not in head.pick_.split("/")[0], head.pick_
+    assert set(head.inner_scores_) == {c[0] for c in head.candidates()}
+    assert (head.predict(X[144:]) == y[144:]).mean() > 0.7  # two unseen speakers, chance 1/3
+
+
+def test_auto_never_fits_on_a_speaker_outside_its_training_rows(monkeypatch):
+    """The inner folds split the training rows by speaker: no candidate is scored on rows it was fit on, and the
+    rows of the outer test speakers (not passed in) cannot enter."""
+    from evaluation import heads as H
+
+    X, y, groups, emb, widths = _auto_data("embedding")
+    seen = []
+    real = H.make_head
+
+    def spy(name, **kw):
+        h = real(name, **kw)
+        fit = h.fit
+
+        def fit_and_record(Xf, yf, groups=None):
+            seen.append(set(groups.tolist()) if groups is not None else None)
+            return fit(Xf, yf, groups=groups)
+
+        h.fit = fit_and_record
+        return h
+
+    monkeypatch.setattr(H, "make_head", spy)
+    head = H.AutoFeaturesHead(embedding_dim=emb, layer_widths=widths, inner_folds=3)
+    head.fit(X[:144], y[:144], groups=groups[:144])
+    train_speakers = set(groups[:144].tolist())
+    assert seen and all(s is None or s <= train_speakers for s in seen)
+    inner = [s for s in seen if s is not None and s != train_speakers]
+    assert inner and all(len(s) == 4 for s in inner)  # 3 inner folds of 6 speakers: 4 fit, 2 scored

@@ -208,7 +208,7 @@ def test_speaker_overlap_opt_in_is_labelled_everywhere(data, tmp_path, capsys):
 
 def test_encoder_that_saw_test_speakers_is_refused_or_labelled_transductive(data, tmp_path, capsys):
     from evaluation.provenance import Provenance, TransductiveEvaluationError
-    from utils.config_checks import ConfigError
+    from common.errors import ConfigError
 
     seen = Provenance("checkpoint", "x.ckpt", seen_speakers=("spk001", "spk004", "other:9"))
     with pytest.raises(TransductiveEvaluationError, match=r"2 of the 10 test speakers.*spk001.*pretrain_protocol") as e:

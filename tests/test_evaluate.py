@@ -17,8 +17,8 @@ from omegaconf import open_dict
 from evaluation.embeddings_io import load_npz, save_npz
 from evaluation.provenance import TransductiveEvaluationError
 from tests.conftest import ROOT, TINY_CORPUS, make_cfg
-from utils.config_checks import ConfigError
-from utils.evaluating import evaluate
+from common.errors import ConfigError
+from tasks.evaluate import evaluate
 from utils.training import train
 
 EVAL_CORPUS = [o for o in TINY_CORPUS if not o.startswith("data.n_")]
@@ -68,7 +68,8 @@ def test_checkpoint_embeddings_are_the_checkpoints_own(trained_ckpt, tmp_path, s
     from hydra.utils import instantiate
 
     from datamodules.speaker_datamodule import load_corpus_records
-    from lightning_modules.embedding_module import EmbeddingModule, load_embedding_module
+    from lightning_modules.checkpoints import load_embedding_module
+    from lightning_modules.embedding_module import EmbeddingModule
 
     ckpt = _craft(trained_ckpt, tmp_path / "clean.ckpt", seen=["elsewhere:1"])
     out = tmp_path / "eval"
@@ -244,7 +245,7 @@ def test_sweep_runs_one_job_per_value(tmp_path):
 
 def test_official_split_names_map_to_train_and_test_and_others_are_unused():
     from datamodules.records import ClipRecord
-    from utils.evaluating import records_to_set
+    from tasks.evaluate import records_to_set
 
     recs = [ClipRecord(path=f"{i}.wav", speaker=f"msp:{i % 3}", corpus="msp_podcast", utt_id=str(i), emotion4="sad",
                        split=s) for i, s in enumerate(["Train", "Train", "Development", "Test1", "Test1", "Test2"])]

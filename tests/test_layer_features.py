@@ -249,7 +249,7 @@ def evaluated_layers(tmp_path_factory, synthetic_cache):
 
     from tests.conftest import make_cfg
     from tests.test_evaluate import EVAL_CORPUS
-    from utils.evaluating import evaluate
+    from tasks.evaluate import evaluate
 
     out = tmp_path_factory.mktemp("evaluate_layers")
     cfg = make_cfg("evaluate.yaml", out, EVAL_CORPUS + [
@@ -299,8 +299,8 @@ def test_refit_from_npz_with_a_subset_of_layers_and_clear_errors(evaluated_layer
 
     from tests.conftest import make_cfg
     from tests.test_evaluate import EVAL_CORPUS
-    from utils.config_checks import ConfigError
-    from utils.evaluating import evaluate
+    from common.errors import ConfigError
+    from tasks.evaluate import evaluate
 
     out, _, cache, _ = evaluated_layers
 
@@ -339,7 +339,7 @@ def test_predict_applies_the_exported_layer_stats_bundle_like_evaluate(evaluated
     from evaluation.embeddings_io import load_npz
     from evaluation.head_bundle import load_head, read_spec
     from tests.conftest import make_cfg
-    from utils.predicting import predict
+    from tasks.predict import predict
 
     out, _, _, records = evaluated_layers
     spec = read_spec(out / "model")
@@ -372,8 +372,8 @@ def test_a_bundle_whose_encoder_lost_the_recorded_layers_is_refused(evaluated_la
     from hydra.core.global_hydra import GlobalHydra
 
     from tests.conftest import make_cfg
-    from utils.config_checks import ConfigError
-    from utils.predicting import load_model
+    from common.errors import ConfigError
+    from tasks.predict import load_model
 
     out, _, _, _ = evaluated_layers
     bundle = tmp_path / "model"
@@ -408,10 +408,38 @@ def test_unknown_features_value_is_a_clear_error(tmp_path, synthetic_cache):
 
     from tests.conftest import make_cfg
     from tests.test_evaluate import EVAL_CORPUS
-    from utils.config_checks import ConfigError
-    from utils.evaluating import evaluate
+    from common.errors import ConfigError
+    from tasks.evaluate import evaluate
 
     cfg = make_cfg("evaluate.yaml", tmp_path, EVAL_CORPUS + ["backbone=ge2e", "features=layers"], synthetic_cache)
-    with pytest.raises(ConfigError, match=r"features='layers': expected one of \['embedding', 'layer_stats'\]"):
+    with pytest.raises(ConfigError, match=r"features='layers': expected one of \['auto', 'embedding', 'layer_stats'\]"):
         evaluate(cfg)
     GlobalHydra.instance().clear()
+
+
+def test_evaluate_features_auto_records_the_pick_of_every_fold_and_exports_it(tmp_path, synthetic_cache):
+    """features=auto: the embedding and every layer's statistics are extracted; each fold's pick (made on its
+    training speakers) is in metrics.json, and the exported model predicts with it."""
+    pytest.importorskip("resemblyzer", reason="the pretrained GE2E weights come with resemblyzer")
+    import json
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import make_cfg
+    from tests.test_evaluate import EVAL_CORPUS
+    from tasks.evaluate import evaluate
+
+    cfg = make_cfg("evaluate.yaml", tmp_path, EVAL_CORPUS + [
+        "backbone=ge2e", "features=auto", "eval.n_folds=2", "eval.repeats=1", "eval.auto.inner_folds=2",
+        "eval.export.heads=[auto]", "eval.heads=[auto]", "eval.verification_analysis=false"], synthetic_cache)
+    results = evaluate(cfg)
+    GlobalHydra.instance().clear()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(k for k in metrics if k not in ("protocol", "data", "model")) == ["auto"]
+    f = metrics["protocol"]["features"]
+    assert f["output"] == "auto" and f["embedding_dim"] == 256 and f["dim"] == 256 + 2 * (40 + 3 * 256)
+    folds = metrics["auto"]["folds"]
+    assert len(folds) == 2 and all(fold["best_params"]["pick"] and 0 <= fold["best_params"]["inner_ua"] <= 1
+                                   for fold in folds)
+    assert sum(metrics["auto"]["picks"].values()) == 2
+    assert results["model"] and (tmp_path / "model").is_dir()

@@ -89,7 +89,7 @@ def test_cross_corpus_protocol_trains_on_one_corpus_and_tests_on_another():
 
 
 def test_evaluate_cross_corpus_on_a_pool(two_corpora, tmp_path):
-    from utils.evaluating import evaluate
+    from tasks.evaluate import evaluate
 
     cfg = make_cfg("evaluate.yaml", tmp_path, [
         "data=pooled", _pool_override(two_corpora), "backbone=ge2e", "eval.protocol=cross_corpus",

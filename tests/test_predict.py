@@ -92,7 +92,7 @@ def _noise(seconds: float, sr: int = 16000, amplitude: float = 0.1, seed: int = 
 def evaluated(tmp_path_factory, synthetic_cache):
     """evaluate.py with the pretrained GE2E on the tiny synthetic corpus, exporting three heads."""
     from datamodules.speaker_datamodule import load_corpus_records
-    from utils.evaluating import evaluate
+    from tasks.evaluate import evaluate
 
     out = tmp_path_factory.mktemp("evaluate")
     cfg = make_cfg("evaluate.yaml", out, EVAL_CORPUS + [
@@ -106,7 +106,7 @@ def evaluated(tmp_path_factory, synthetic_cache):
 
 
 def _predict(tmp_path: Path, *overrides: str) -> tuple[Path, dict]:
-    from utils.predicting import predict
+    from tasks.predict import predict
 
     cfg = make_cfg("predict.yaml", tmp_path, list(overrides))
     summary = predict(cfg)
@@ -244,7 +244,7 @@ class Payload:
 def test_head_file_with_an_untrusted_type_is_refused_unless_opted_in(evaluated, tmp_path, capsys):
     import skops.io as sio
 
-    from utils.predicting import load_model
+    from tasks.predict import load_model
 
     out, _ = evaluated
     bundle = tmp_path / "bundle"
@@ -276,8 +276,8 @@ def _ge2e_checkpoint(path: Path) -> Path:
 
 
 def test_changed_encoder_weights_are_detected(evaluated, tmp_path):
-    from evaluation.head_bundle import checkpoint_encoder
-    from utils.predicting import load_model
+    from lightning_modules.checkpoints import checkpoint_reference
+    from tasks.predict import load_model
 
     out, _ = evaluated
     bundle = tmp_path / "bundle"
@@ -292,7 +292,7 @@ def test_changed_encoder_weights_are_detected(evaluated, tmp_path):
         load_model(make_cfg("predict.yaml", tmp_path / "r1", args))
     # a checkpoint encoder: loads while its file is unchanged, refused once it changes
     ckpt = _ge2e_checkpoint(tmp_path / "encoder.ckpt")
-    spec["encoder"] = checkpoint_encoder(ckpt)
+    spec["encoder"] = checkpoint_reference(ckpt)
     (bundle / "bundle.json").write_text(json.dumps(spec))
     model = load_model(make_cfg("predict.yaml", tmp_path / "r2", args))
     assert model.kind == "bundle" and model.description["encoder"] == str(ckpt.resolve())
@@ -312,7 +312,7 @@ def test_changed_encoder_weights_are_detected(evaluated, tmp_path):
 
 
 def test_sources_that_cannot_give_a_model_export_none_and_say_so(evaluated, tmp_path, capsys, synthetic_cache):
-    from utils.evaluating import evaluate
+    from tasks.evaluate import evaluate
 
     out, _ = evaluated
     cfg = make_cfg("evaluate.yaml", tmp_path, [f"embeddings={out / 'embeddings.npz'}", "eval.n_folds=2",
@@ -334,7 +334,7 @@ def test_sources_that_cannot_give_a_model_export_none_and_say_so(evaluated, tmp_
 
 # ----- the SER checkpoint interface (for the coming experiment=ser_finetune) -----
 class TinySER(L.LightningModule):
-    """Stand-in for a fine-tuned SER model: meets the interface of utils/predicting.py and nothing more."""
+    """Stand-in for a fine-tuned SER model: meets the interface of tasks/predict.py and nothing more."""
 
     def __init__(self, class_names: tuple[str, ...] = ("calm", "excited"), sample_rate: int = 16000):
         super().__init__()
@@ -404,7 +404,7 @@ def test_predict_config_screens_with_the_training_quality_defaults():
 
 
 def test_inputs_and_model_are_checked_before_anything_runs(tmp_path):
-    from utils.predicting import predict
+    from tasks.predict import predict
 
     (tmp_path / "empty_dir").mkdir()
     for overrides, message in (

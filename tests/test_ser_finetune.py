@@ -119,7 +119,7 @@ def test_bad_options_are_named():
 
 
 def test_warm_start_carries_weights_and_provenance_and_the_checkpoint_does_not_reread_it(tmp_path):
-    from lightning_modules.embedding_module import load_embedding_module
+    from lightning_modules.checkpoints import load_embedding_module
 
     tiny = {"_target_": "tests.helpers.TinyBackbone"}
     source = SERFinetuneModule(tiny, class_names=CLASSES, freeze="none")
@@ -144,3 +144,22 @@ def test_warm_start_carries_weights_and_provenance_and_the_checkpoint_does_not_r
     assert "synthetic:spk001" in loaded.seen_speakers
 
 
+
+
+def test_frames_pooling_gives_the_statistics_of_features_layer_stats_and_batch_norm_standardises():
+    """clip_pooling=frames: a whole clip's statistics are those of all its frames, each once (what the frozen
+    layer_stats probe reads); stats_norm=batch standardises each column across clips like the probe's scaler."""
+    model = SERFinetuneModule(GE2E, class_names=CLASSES, freeze="all", clip_pooling="frames", stats_norm="batch").eval()
+    clips = [0.1 * torch.randn(n) for n in (9000, 30000, 52000)]
+    captured = {}
+    model.logits_from_stats = lambda stats: captured.setdefault("stats", stats) and torch.zeros(len(clips), 4)
+    model.clip_logits(clips)
+    got = torch.cat(captured["stats"], 1)
+    want, _ = model.backbone.layer_stats_utterances(clips)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    norm = model.pooling.norms[0]
+    assert isinstance(norm, torch.nn.BatchNorm1d) and not norm.affine
+    with pytest.raises(ValueError, match="stats_norm"):
+        SERFinetuneModule(GE2E, class_names=CLASSES, stats_norm="scaler")
+    with pytest.raises(ValueError, match="clip_pooling"):
+        SERFinetuneModule(GE2E, class_names=CLASSES, clip_pooling="mean")

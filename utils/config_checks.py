@@ -14,11 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from common.errors import ConfigError  # noqa: F401  (raised here, imported from here by older code)
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _import(target: str):

@@ -51,7 +51,7 @@ def run_task(task: Callable, cfg):
     preempted when a signal stopped it: see callbacks/preemption.py)."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from utils.config_checks import ConfigError
+    from common.errors import ConfigError
 
     failed, preempted = True, False
     try:
@@ -87,7 +87,8 @@ def is_multirun() -> bool:
 def launch(task: Callable, config_name: str) -> None:
     os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     register_resolvers()
-    from utils.config_checks import ConfigError, precheck_overrides
+    from common.errors import ConfigError
+    from utils.config_checks import precheck_overrides
 
     args = sys.argv[1:]
     multirun = any(a in ("-m", "--multirun") for a in args)

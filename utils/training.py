@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from utils.config_checks import check_data_root, check_required, check_targets
-from utils.cpu_features import warn_if_slow_bf16
+from common.cpu_features import warn_if_slow_bf16
 from utils.instantiators import instantiate_callbacks, instantiate_loggers
 
 log = logging.getLogger(__name__)

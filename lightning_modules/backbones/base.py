@@ -250,13 +250,13 @@ class Backbone(nn.Module, ABC):
         for windows, owners in self._window_batches([clips[i] for i in rest], max_windows_per_batch):
             outs = self.layers(windows)
             for r, (j, span, padded) in enumerate(owners):
-                per_clip[rest[j]].append([_owned_frames(o[r], span) for o in outs])
+                per_clip[rest[j]].append([owned_frames(o[r], span) for o in outs])
                 if padded:
                     short.add(rest[j])
         return pool_layer_stats(per_clip), len(short)
 
 
-def _owned_frames(layer: Tensor, span: tuple[float, float]) -> Tensor:
+def owned_frames(layer: Tensor, span: tuple[float, float]) -> Tensor:
     """The frames of one window's (T_l, D_l) layer output inside its own span; a one-frame (window-level)
     layer is kept whole."""
     t = layer.shape[0]

@@ -29,8 +29,9 @@ from callbacks.embedding_writer import EmbeddingWriter, merge_rank_files
 from datamodules.records import ClipRecord
 from evaluation.embeddings_io import EmbeddingSet, load_npz, save_npz
 from evaluation.fold_plan import label_mask, labelled_rows, load_records, plan_for_config, records_to_set
-from evaluation.provenance import Provenance, read_checkpoint_provenance
-from utils.config_checks import ConfigError, check_data_root, check_required, check_targets
+from evaluation.provenance import Provenance
+from common.errors import ConfigError
+from utils.config_checks import check_data_root, check_required, check_targets
 from utils.instantiators import instantiate_loggers
 from utils.training import save_resolved_config
 
@@ -63,22 +64,18 @@ def complete_config(cfg: DictConfig, source: str) -> None:
     the rate the checkpoint was trained at); an .npz needs no audio settings."""
     with open_dict(cfg):
         if source == "checkpoint":
-            import torch
+            from lightning_modules.checkpoints import read_checkpoint
 
-            path = Path(str(cfg.ckpt_path))
-            if not path.is_file():
+            if not Path(str(cfg.ckpt_path)).is_file():
                 raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r} does not exist")
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            backbone = (ckpt.get("hyper_parameters") or {}).get("backbone")
-            if not isinstance(backbone, dict):
-                raise ValueError(f"{path} has no backbone config in hyper_parameters: not a checkpoint of this framework")
-            cfg.backbone = backbone
+            cfg.backbone = read_checkpoint(cfg.ckpt_path).backbone_config
         elif source == "npz" and cfg.get("data") is not None:
             cfg.data.sample_rate = None  # unused: the embeddings are read from the file
 
 
 def build_embedding_module(cfg: DictConfig):
-    from lightning_modules.embedding_module import EmbeddingModule, load_embedding_module
+    from lightning_modules.checkpoints import load_embedding_module
+    from lightning_modules.embedding_module import EmbeddingModule
 
     if cfg.get("ckpt_path"):
         return load_embedding_module(cfg.ckpt_path)
@@ -87,7 +84,9 @@ def build_embedding_module(cfg: DictConfig):
 
 def embedding_provenance(cfg: DictConfig, source: str) -> Provenance:
     if source == "checkpoint":
-        return read_checkpoint_provenance(cfg.ckpt_path)
+        from lightning_modules.checkpoints import read_checkpoint
+
+        return read_checkpoint(cfg.ckpt_path).provenance
     target = str(OmegaConf.select(cfg, "backbone._target_", default="?"))
     return Provenance("backbone", target, seen_speakers=(),
                       note="no training in this framework; weights a backbone ships with (GE2E: VoxCeleb 1+2 and "
@@ -117,7 +116,7 @@ def feature_output(cfg: DictConfig) -> str:
     output = cfg.get("features") or "embedding"
     if not isinstance(output, str) or output not in CLIP_OUTPUTS:
         raise ConfigError(f"features={output!r}: expected one of {sorted(CLIP_OUTPUTS)} (embedding: the final "
-                          "utterance embedding; layer_stats: mean + std over time of every layer)")
+                          "utterance embedding; layer_stats: mean + std over time of every layer; auto: both, the head picks per fold)")
     if cfg.get("features_layers") is not None and output != "layer_stats":
         raise ConfigError(f"features_layers={cfg.features_layers} selects layers of features=layer_stats, but "
                           f"features={output}: pass features=layer_stats or drop features_layers")
@@ -155,8 +154,16 @@ def select_features(cfg: DictConfig, emb_set: EmbeddingSet, where: str) -> Embed
 def heads_for(heads: list[str], features: dict | None, where: str) -> list[str]:
     """The heads that apply to these features: weighted_layers needs layers (else an error, or left out with
     a note for the compare_to set)."""
-    from evaluation.layer_features import output_of
+    from evaluation.layer_features import AUTO, output_of
 
+    if output_of(features) == AUTO:
+        if list(heads) != ["auto"]:
+            print(f"Note: features=auto: the auto head picks the features and the head of every fold on its training "
+                  f"speakers (evaluation/heads.py AutoFeaturesHead); eval.heads={list(heads)} do not apply")
+        return ["auto"]
+    if "auto" in heads:
+        raise ConfigError(f"eval.heads has auto, which picks among the columns of features=auto, but "
+                          f"features={output_of(features)}: pass features=auto")
     if "weighted_layers" in heads and output_of(features) != "layer_stats":
         if where == "evaluated":
             raise ConfigError("eval.heads has weighted_layers, which weighs the layers of features=layer_stats, but "
@@ -241,7 +248,7 @@ def extract(cfg: DictConfig, out_dir: Path, provenance: Provenance, datamodule, 
         if output == "embedding":
             predictor = module
         else:  # the same predict loop, with another clip_embedding output
-            from utils.predicting import ClipPredictor
+            from lightning_modules.clip_embedding import ClipPredictor
 
             predictor = ClipPredictor(module, "features", output)
         trainer.predict(predictor, dataloaders=loader, return_predictions=False)
@@ -325,6 +332,16 @@ def head_kwargs_from(e: DictConfig, features: dict | None = None, heads: list[st
         params = OmegaConf.to_container(e.weighted_layers, resolve=True) if e.get("weighted_layers") is not None else {}
         out["weighted_layers"] = {**params, "layer_widths": [b - a for a, b in layer_columns(features)],
                                   "layer_names": [str(layer["name"]) for layer in features["layers"]]}
+    if "auto" in heads:
+        from evaluation.layer_features import auto_parts
+
+        emb_dim, stats = auto_parts(features)
+        params = OmegaConf.to_container(e.auto, resolve=True) if e.get("auto") is not None else {}
+        plain_svm = OmegaConf.to_container(e.svm, resolve=True) if e.get("svm") is not None else {}
+        plain_svm.pop("param_grid", None)
+        out["auto"] = {**params, "embedding_dim": emb_dim, "svm": plain_svm,
+                       "layer_widths": [b - a for a, b in layer_columns(stats)],
+                       "layer_names": [str(layer["name"]) for layer in stats["layers"]]}
     return out
 
 
@@ -382,7 +399,8 @@ def export_model(cfg: DictConfig, source: str, names: list[str], emb_set: Embedd
     """Refit `names` on every evaluated clip (the deployment model) and save them with the encoder reference."""
     from datamodules.audio_quality import QualityPolicy
     from evaluation.balancing import balance_training
-    from evaluation.head_bundle import backbone_encoder, checkpoint_encoder, save_bundle
+    from evaluation.head_bundle import backbone_encoder, save_bundle
+    from lightning_modules.checkpoints import checkpoint_reference
     from evaluation.heads import make_head
     from evaluation.run_heads import _with_nystroem
 
@@ -403,7 +421,7 @@ def export_model(cfg: DictConfig, source: str, names: list[str], emb_set: Embedd
             kwargs["class_weight"] = class_weight
         if name == "svm":
             kwargs["probability"] = True
-        elif name == "sad_first":
+        elif name in ("sad_first", "auto"):  # (auto: in case its pick is the SVM)
             kwargs["svm"] = {**(kwargs.get("svm") or {}), "probability": True}
         heads[name] = make_head(name, **kwargs).fit(X[rows], y[rows], groups=speakers[rows])
         cv = results.get(name, {})
@@ -413,7 +431,7 @@ def export_model(cfg: DictConfig, source: str, names: list[str], emb_set: Embedd
             "evaluation": results["protocol"].get("evaluation"),
             "metrics_file": "../metrics.json"}}
     if source == "checkpoint":
-        encoder = checkpoint_encoder(cfg.ckpt_path)
+        encoder = checkpoint_reference(cfg.ckpt_path)
     else:
         backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
         encoder = backbone_encoder(backbone_cfg, build_embedding_module(cfg))

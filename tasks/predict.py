@@ -13,7 +13,7 @@ Two kinds of model (`ckpt_path=`):
 SER checkpoint interface (docs/predict.md):
 - the checkpoint holds `module_class` ("package.module.Class"), `hyper_parameters` and `state_dict`,
   as `EmbeddingModule.on_save_checkpoint` writes them (every subclass does), so that
-  `lightning_modules.embedding_module.load_embedding_module` rebuilds it;
+  `lightning_modules.checkpoints.read_checkpoint` rebuilds it;
 - `hyper_parameters["class_names"]`: the C class names, in the column order of `predict_proba`;
 - `predict_proba(wavs: list[Tensor]) -> Tensor (N, C)`: class probabilities (rows sum to 1) of N
   variable-length 1-D float waveforms at the module's sample rate, prepared as at training (below).
@@ -49,7 +49,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from utils.config_checks import ConfigError
+from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ class Model:
 
 # ----- the model -----
 def load_model(cfg: DictConfig) -> Model:
-    from evaluation.head_bundle import build_encoder, choose_head, find_bundle, load_head, read_spec
+    from evaluation.head_bundle import choose_head, find_bundle, load_head, read_spec
+    from lightning_modules.checkpoints import bundle_encoder
 
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
@@ -113,7 +114,7 @@ def load_model(cfg: DictConfig) -> Model:
     if features not in CLIP_OUTPUTS:
         raise ConfigError(f"{bundle_dir}: the heads were fitted on features {features!r}, which this version cannot "
                           f"compute (known: {sorted(CLIP_OUTPUTS)})")
-    module = build_encoder(spec["encoder"], cfg.get("encoder_ckpt_path"))
+    module = bundle_encoder(spec["encoder"], cfg.get("encoder_ckpt_path"))
     if features == "layer_stats":
         from evaluation.layer_features import same_backbone_layers
 
@@ -137,13 +138,13 @@ def load_model(cfg: DictConfig) -> Model:
 
 def load_ser_checkpoint(path: Path) -> Model:
     """A checkpoint that predicts emotions itself (the SER checkpoint interface in the module docstring)."""
-    from lightning_modules.embedding_module import load_embedding_module
+    from lightning_modules.checkpoints import read_checkpoint
 
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # not a torch file, or one needing pickle
-        raise ConfigError(f"ckpt_path={path}: cannot read it as a checkpoint with torch.load(weights_only=True): {e}") from e
-    hp = dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
+        checkpoint = read_checkpoint(path)
+    except ConfigError as e:
+        raise ConfigError(f"ckpt_path={e}") from None
+    ckpt, hp = checkpoint.raw, checkpoint.hyper_parameters
     classes = hp.get("class_names")
     if not classes:
         raise ConfigError(f"ckpt_path={path} has no `class_names` hyper-parameter, so it does not predict emotions "
@@ -151,7 +152,7 @@ def load_ser_checkpoint(path: Path) -> Model:
                           f"ckpt_path={path}`, which exports <run>/model/, then predict with ckpt_path=<run>/model")
     if not ckpt.get("module_class"):
         raise ConfigError(f"ckpt_path={path} has no `module_class` entry: not written by this framework's modules")
-    module = load_embedding_module(str(path))
+    module = checkpoint.module()
     if not callable(getattr(module, "predict_proba", None)):
         raise ConfigError(f"ckpt_path={path}: {ckpt['module_class']} has class_names but no predict_proba(wavs) method "
                           "(docs/predict.md, SER checkpoint interface)")
@@ -255,26 +256,6 @@ def screen(files: list[InputFile], quality_cfg: Any, workers: int | None = None)
 
 
 # ----- running the model -----
-class ClipPredictor(L.LightningModule):
-    """Lightning's predict loop around either model: features for a bundle's head, or a SER module's
-    probabilities. Device, precision and DDP come from the trainer like in evaluate.py."""
-
-    def __init__(self, model: torch.nn.Module, mode: str, features: str = "embedding"):
-        super().__init__()
-        self.model, self.mode, self.features = model, mode, features
-
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        from lightning_modules.clip_embedding import embed_clips
-
-        if self.mode == "features":
-            out = embed_clips(self.model, batch["wavs"], self.features)
-            values, n_padded = out.values, out.n_padded
-        else:
-            with torch.no_grad():
-                values, n_padded = self.model.predict_proba(batch["wavs"]).float().cpu(), 0
-        return {"embeddings": values, "index": batch["index"].cpu(), "n_padded": n_padded}
-
-
 def run_model(cfg: DictConfig, model: Model, paths: list[str], work_dir: Path) -> np.ndarray | None:
     """(N, D) features or (N, C) probabilities of `paths` in order; None on non-zero DDP ranks."""
     from callbacks.embedding_writer import EmbeddingWriter, merge_rank_files
@@ -288,6 +269,8 @@ def run_model(cfg: DictConfig, model: Model, paths: list[str], work_dir: Path) -
                         num_workers=int(cfg.num_workers))
     writer = EmbeddingWriter(work_dir)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[writer], logger=False, use_distributed_sampler=True)
+    from lightning_modules.clip_embedding import ClipPredictor
+
     trainer.predict(ClipPredictor(model.module, model.mode, model.features), dataloaders=loader,
                     return_predictions=False)
     if trainer.global_rank != 0:

@@ -1,0 +1,1 @@
+"""The bottom layer: what every other package may import (shared exceptions, CPU facts). Imports nothing of ours."""
