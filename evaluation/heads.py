@@ -32,14 +32,53 @@ log = logging.getLogger(__name__)
 DETECTION_EMOTIONAL = "emotional"
 
 
+def svm_group(eval_settings: dict, features: dict | None) -> dict:
+    """`eval.svm`, with `eval.layer_stats_svm` on top for layer statistics (standardised columns, gamma=scale)."""
+    group = dict(eval_settings.get("svm") or {})
+    if (features or {}).get("output") == "layer_stats":
+        extra = eval_settings.get("layer_stats_svm")
+        group.update(dict(extra) if extra is not None else {"standardize": True, "gamma": "scale"})
+    return group
+
+
 class _ScoredOnOwnLabels:
-    """Heads that predict the emotion classes themselves are scored on them unchanged."""
+    """Heads that predict the emotion classes themselves are scored on them unchanged.
+
+    Every head also declares what the pipelines need to know of it (so no pipeline names a head):
+    `features`: the feature outputs it can be fitted on; `settings(eval, features)`: its constructor
+    arguments from the `eval` config block (a plain dict) and the features' description; `export_settings`:
+    what the deployment refit adds (calibrated probabilities); `standardizes`: whether it standardises the
+    columns (recorded in metrics.json); `svm_settings` / `with_nystroem`: its SVM parameter group, for the one
+    Nystroem-or-exact decision of an evaluation (None: it has no SVM).
+    """
+
+    features: tuple[str, ...] = ("embedding", "layer_stats")
 
     def scoring_labels(self, y) -> np.ndarray:
         return np.asarray(y)
 
     def scoring_order(self, class_order) -> list[str]:
         return list(class_order)
+
+    @classmethod
+    def settings(cls, eval_settings: dict, features: dict | None) -> dict:
+        return {}
+
+    @classmethod
+    def export_settings(cls, kwargs: dict) -> dict:
+        return dict(kwargs)
+
+    @classmethod
+    def standardizes(cls, kwargs: dict) -> bool:
+        return True
+
+    @classmethod
+    def svm_settings(cls, kwargs: dict) -> dict | None:
+        return None
+
+    @classmethod
+    def with_nystroem(cls, kwargs: dict, used: bool) -> dict:
+        return dict(kwargs)
 
 
 def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +148,26 @@ class SVMHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         self.probability = probability
         self.calibration_folds = calibration_folds
         self.random_state = random_state
+
+    @classmethod
+    def settings(cls, eval_settings: dict, features: dict | None) -> dict:
+        return svm_group(eval_settings, features)
+
+    @classmethod
+    def export_settings(cls, kwargs: dict) -> dict:
+        return {**kwargs, "probability": True}
+
+    @classmethod
+    def standardizes(cls, kwargs: dict) -> bool:
+        return bool(kwargs.get("standardize"))
+
+    @classmethod
+    def svm_settings(cls, kwargs: dict) -> dict | None:
+        return kwargs
+
+    @classmethod
+    def with_nystroem(cls, kwargs: dict, used: bool) -> dict:
+        return {**kwargs, "use_nystroem": used}
 
     def _resolve_gamma(self, X: np.ndarray) -> float:
         if self.gamma == "scale":  # sklearn SVC's rule, computed here so Nystroem gets the same value
@@ -245,6 +304,26 @@ class SadFirstHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         self.svm = svm
         self.class_weight = class_weight
         self.random_state = random_state
+
+    @classmethod
+    def settings(cls, eval_settings: dict, features: dict | None) -> dict:
+        return {"svm": svm_group(eval_settings, features)}
+
+    @classmethod
+    def export_settings(cls, kwargs: dict) -> dict:
+        return {**kwargs, "svm": {**(kwargs.get("svm") or {}), "probability": True}}
+
+    @classmethod
+    def standardizes(cls, kwargs: dict) -> bool:
+        return bool((kwargs.get("svm") or {}).get("standardize"))
+
+    @classmethod
+    def svm_settings(cls, kwargs: dict) -> dict | None:
+        return kwargs.get("svm") or {}
+
+    @classmethod
+    def with_nystroem(cls, kwargs: dict, used: bool) -> dict:
+        return {**kwargs, "svm": {**(kwargs.get("svm") or {}), "use_nystroem": used}}
 
     def check_arguments(self) -> None:
         unknown = sorted(set(self.svm or {}) - set(SVM_PARAMS))
@@ -391,6 +470,16 @@ class WeightedLayersHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
 
+    features = ("layer_stats",)
+
+    @classmethod
+    def settings(cls, eval_settings: dict, features: dict | None) -> dict:
+        from evaluation.layer_features import layer_columns
+
+        return {**dict(eval_settings.get("weighted_layers") or {}),
+                "layer_widths": [b - a for a, b in layer_columns(features)],
+                "layer_names": [str(layer["name"]) for layer in features["layers"]]}
+
     def check_arguments(self) -> None:
         if self.layer_widths is not None and not len(self.layer_widths):
             raise ValueError("head 'weighted_layers': layer_widths=[] describes no layer")
@@ -496,6 +585,23 @@ class AutoFeaturesHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.random_state = random_state
 
+    features = ("auto",)
+
+    @classmethod
+    def settings(cls, eval_settings: dict, features: dict | None) -> dict:
+        from evaluation.layer_features import auto_parts, layer_columns
+
+        emb_dim, stats = auto_parts(features)
+        plain_svm = dict(eval_settings.get("svm") or {})
+        plain_svm.pop("param_grid", None)
+        return {**dict(eval_settings.get("auto") or {}), "embedding_dim": emb_dim, "svm": plain_svm,
+                "layer_widths": [b - a for a, b in layer_columns(stats)],
+                "layer_names": [str(layer["name"]) for layer in stats["layers"]]}
+
+    @classmethod
+    def export_settings(cls, kwargs: dict) -> dict:  # in case its pick is the SVM
+        return {**kwargs, "svm": {**(kwargs.get("svm") or {}), "probability": True}}
+
     def check_arguments(self) -> None:
         if int(self.embedding_dim) < 0 or any(int(w) < 1 for w in self.layer_widths or []):
             raise ValueError(f"head 'auto': embedding_dim={self.embedding_dim}, layer_widths={self.layer_widths}")
@@ -593,10 +699,31 @@ HEADS: dict[str, type] = {
 }
 
 
+def head_class(name: str) -> type:
+    """A registered head, or any class given by its import path (`eval.heads=[linear, my_pkg.MyHead]`): a
+    scikit-learn classifier with `fit(X, y, groups=None)` and `predict`, and the declarations of
+    `_ScoredOnOwnLabels` (inherit it for the defaults)."""
+    if name in HEADS:
+        return HEADS[name]
+    if "." in name:
+        import importlib
+
+        module, _, attr = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"head {name!r}: cannot import it ({e}); registered heads: {sorted(HEADS)}") from e
+        missing = [m for m in ("fit", "predict", "settings", "features", "scoring_labels", "scoring_order")
+                   if not hasattr(cls, m)]
+        if not isinstance(cls, type) or missing:
+            raise ValueError(f"head {name!r} is not a head class (missing {missing}): subclass "
+                             "evaluation.heads._ScoredOnOwnLabels and scikit-learn's ClassifierMixin, BaseEstimator")
+        return cls
+    raise ValueError(f"unknown head {name!r}; available heads: {sorted(HEADS)} (or an import path)")
+
+
 def head_params(name: str) -> list[str]:
-    if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; available heads: {sorted(HEADS)}")
-    return list(inspect.signature(HEADS[name].__init__).parameters)[1:]
+    return list(inspect.signature(head_class(name).__init__).parameters)[1:]
 
 
 def make_head(name: str, **kwargs):
@@ -605,7 +732,7 @@ def make_head(name: str, **kwargs):
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"head {name!r}: unknown argument(s) {unknown}; valid arguments: {valid}")
-    head = HEADS[name](**kwargs)
+    head = head_class(name)(**kwargs)
     if hasattr(head, "check_arguments"):  # nested parameter groups, checked before any fit
         head.check_arguments()
     return head

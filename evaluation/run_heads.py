@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 
 from evaluation.balancing import balance_training, check_balancing
 from evaluation.embeddings_io import EmbeddingSet
-from evaluation.heads import SVMHead, head_params, make_head
+from evaluation.heads import SVMHead, head_class, head_params, make_head
 from evaluation.metrics import SCALARS, compute_metrics, summarize_folds
 from evaluation.protocols import Fold, FoldPlan, plan_folds
 from evaluation.provenance import Provenance, check_leakage
@@ -115,9 +115,9 @@ def _nystroem_decisions(heads: Sequence[str], kwargs_by_head: dict[str, dict], f
     defaults = inspect.signature(SVMHead.__init__).parameters
     out = {}
     for name in heads:
-        if name not in ("svm", "sad_first"):
+        params = head_class(name).svm_settings(kwargs_by_head[name])
+        if params is None:  # no SVM in this head
             continue
-        params = kwargs_by_head[name] if name == "svm" else (kwargs_by_head[name].get("svm") or {})
         threshold = int(params.get("nystroem_threshold", defaults["nystroem_threshold"].default))
         forced = params.get("use_nystroem")
         used = bool(forced) if forced is not None else n_fit > threshold
@@ -129,12 +129,8 @@ def _nystroem_decisions(heads: Sequence[str], kwargs_by_head: dict[str, dict], f
     return out
 
 
-def _with_nystroem(name: str, kwargs: dict, decision: dict | None) -> dict:
-    if decision is None:
-        return kwargs
-    if name == "svm":
-        return {**kwargs, "use_nystroem": decision["used"]}
-    return {**kwargs, "svm": {**(kwargs.get("svm") or {}), "use_nystroem": decision["used"]}}
+def with_nystroem(name: str, kwargs: dict, decision: dict | None) -> dict:
+    return kwargs if decision is None else head_class(name).with_nystroem(kwargs, decision["used"])
 
 
 def _test_train_ratio(folds: Sequence[Fold]) -> float:
@@ -234,7 +230,7 @@ def run_evaluation(
     leakage = check_leakage([f.test_speakers for f in folds], provenance, allow_transductive)
     X, y, speakers = emb_set.embeddings, emb_set.emotion, emb_set.speaker
     nystroem = _nystroem_decisions(heads, kwargs_by_head, folds, y, balancing, seed)
-    fit_kwargs = {name: _with_nystroem(name, kwargs_by_head[name], nystroem.get(name)) for name in heads}
+    fit_kwargs = {name: with_nystroem(name, kwargs_by_head[name], nystroem.get(name)) for name in heads}
 
     t0 = time.perf_counter()
     args = [(k, fold, X, y, speakers, heads, fit_kwargs, balancing, seed, class_order, blas_threads)

@@ -152,25 +152,27 @@ def select_features(cfg: DictConfig, emb_set: EmbeddingSet, where: str) -> Embed
 
 
 def heads_for(heads: list[str], features: dict | None, where: str) -> list[str]:
-    """The heads that apply to these features: weighted_layers needs layers (else an error, or left out with
-    a note for the compare_to set)."""
-    from evaluation.layer_features import AUTO, output_of
+    """The heads that can be fitted on these features (each head's `features`): a head that cannot is an error
+    for the evaluated set, and left out with a note for a compare_to set. Features that none of the asked heads
+    take (features=auto) get the registered heads made for them, with a note."""
+    from evaluation.heads import HEADS, head_class
+    from evaluation.layer_features import output_of
 
-    if output_of(features) == AUTO:
-        if list(heads) != ["auto"]:
-            print(f"Note: features=auto: the auto head picks the features and the head of every fold on its training "
-                  f"speakers (evaluation/heads.py AutoFeaturesHead); eval.heads={list(heads)} do not apply")
-        return ["auto"]
-    if "auto" in heads:
-        raise ConfigError(f"eval.heads has auto, which picks among the columns of features=auto, but "
-                          f"features={output_of(features)}: pass features=auto")
-    if "weighted_layers" in heads and output_of(features) != "layer_stats":
-        if where == "evaluated":
-            raise ConfigError("eval.heads has weighted_layers, which weighs the layers of features=layer_stats, but "
-                              f"features={output_of(features)}: pass features=layer_stats or drop the head")
-        print(f"Note: {where} holds features {output_of(features)!r}: head weighted_layers is not scored on it")
-        return [h for h in heads if h != "weighted_layers"]
-    return list(heads)
+    output = output_of(features)
+    fit = [h for h in heads if output in head_class(h).features]
+    if not fit:
+        own = [name for name, cls in HEADS.items() if tuple(cls.features) == (output,)]
+        if own:
+            print(f"Note: features={output}: head(s) {own} are made for them; eval.heads={list(heads)} do not apply")
+            return own
+    wrong = [h for h in heads if h not in fit]
+    if wrong and where == "evaluated":
+        raise ConfigError(f"eval.heads has {wrong}, which cannot be fitted on features={output} (they take "
+                          f"{', '.join(f'{h}: {list(head_class(h).features)}' for h in wrong)}): pass other features "
+                          "or drop the head(s)")
+    for h in wrong:
+        print(f"Note: {where} holds features {output!r}: head {h} is not scored on it")
+    return fit
 
 
 def corpus_report(h, records: list[ClipRecord]) -> dict:
@@ -312,50 +314,27 @@ def align_to(reference: EmbeddingSet, other: EmbeddingSet, other_path: str) -> E
 
 
 def head_kwargs_from(e: DictConfig, features: dict | None = None, heads: list[str] | None = None) -> dict:
-    """One `eval.svm` parameter group for the SVM head and both stages of the Sad-first head; for
-    features=layer_stats, `eval.layer_stats_svm` on top of it (standardised columns) and the layer
-    boundaries for the weighted_layers head."""
-    from evaluation.layer_features import layer_columns, output_of
+    """Each head's constructor arguments, from the `eval` block and the features (the head says which:
+    `evaluation.heads` `settings`)."""
+    from evaluation.heads import head_class
 
     heads = list(e.heads) if heads is None else heads
-    svm = OmegaConf.to_container(e.svm, resolve=True) if e.get("svm") is not None else {}
-    if output_of(features) == "layer_stats":
-        extra = e.get("layer_stats_svm")
-        svm.update(OmegaConf.to_container(extra, resolve=True) if extra is not None else
-                   {"standardize": True, "gamma": "scale"})
-    out: dict = {}
-    if "svm" in heads:
-        out["svm"] = dict(svm)
-    if "sad_first" in heads:
-        out["sad_first"] = {"svm": dict(svm)}
-    if "weighted_layers" in heads and output_of(features) == "layer_stats":
-        params = OmegaConf.to_container(e.weighted_layers, resolve=True) if e.get("weighted_layers") is not None else {}
-        out["weighted_layers"] = {**params, "layer_widths": [b - a for a, b in layer_columns(features)],
-                                  "layer_names": [str(layer["name"]) for layer in features["layers"]]}
-    if "auto" in heads:
-        from evaluation.layer_features import auto_parts
-
-        emb_dim, stats = auto_parts(features)
-        params = OmegaConf.to_container(e.auto, resolve=True) if e.get("auto") is not None else {}
-        plain_svm = OmegaConf.to_container(e.svm, resolve=True) if e.get("svm") is not None else {}
-        plain_svm.pop("param_grid", None)
-        out["auto"] = {**params, "embedding_dim": emb_dim, "svm": plain_svm,
-                       "layer_widths": [b - a for a, b in layer_columns(stats)],
-                       "layer_names": [str(layer["name"]) for layer in stats["layers"]]}
-    return out
+    settings = OmegaConf.to_container(e, resolve=True)
+    return {name: head_class(name).settings(settings, features) for name in heads}
 
 
 def features_record(features: dict | None, head_kwargs: dict) -> dict | None:
     """The feature description for metrics.json, with how the heads treated the columns."""
+    from evaluation.heads import head_class
     from evaluation.layer_features import output_of
 
     if features is None:
         return None
     out = dict(features)
-    if output_of(features) == "layer_stats":
-        svm = (head_kwargs.get("svm") or (head_kwargs.get("sad_first") or {}).get("svm") or {})
-        out["heads_standardized"] = {"svm": bool(svm.get("standardize")), "sad_first": bool(svm.get("standardize")),
-                                     "linear": True, "detection": True, "weighted_layers": True}
+    if output_of(features) != "embedding":
+        out["heads_standardized"] = {name: head_class(name).standardizes(kw) for name, kw in head_kwargs.items()}
+        svm = next((head_class(n).svm_settings(kw) for n, kw in head_kwargs.items()
+                    if head_class(n).svm_settings(kw) is not None), {}) or {}
         out["heads_note"] = (f"columns standardised on each fold's training rows (SVM heads: eval.layer_stats_svm, "
                              f"standardize={svm.get('standardize')}, gamma={svm.get('gamma')})")
     return out
@@ -401,8 +380,8 @@ def export_model(cfg: DictConfig, source: str, names: list[str], emb_set: Embedd
     from evaluation.balancing import balance_training
     from evaluation.head_bundle import backbone_encoder, save_bundle
     from lightning_modules.checkpoints import checkpoint_reference
-    from evaluation.heads import make_head
-    from evaluation.run_heads import _with_nystroem
+    from evaluation.heads import head_class, make_head
+    from evaluation.run_heads import with_nystroem
 
     features = export_features(cfg, emb_set)
     if features is None:
@@ -416,13 +395,10 @@ def export_model(cfg: DictConfig, source: str, names: list[str], emb_set: Embedd
     nystroem = results.get("protocol", {}).get("nystroem", {})
     heads, info = {}, {}
     for name in names:
-        kwargs = _with_nystroem(name, {"random_state": cfg.seed, **kwargs_by_head.get(name, {})}, nystroem.get(name))
+        kwargs = with_nystroem(name, {"random_state": cfg.seed, **kwargs_by_head.get(name, {})}, nystroem.get(name))
         if class_weight is not None:
             kwargs["class_weight"] = class_weight
-        if name == "svm":
-            kwargs["probability"] = True
-        elif name in ("sad_first", "auto"):  # (auto: in case its pick is the SVM)
-            kwargs["svm"] = {**(kwargs.get("svm") or {}), "probability": True}
+        kwargs = head_class(name).export_settings(kwargs)
         heads[name] = make_head(name, **kwargs).fit(X[rows], y[rows], groups=speakers[rows])
         cv = results.get(name, {})
         info[name] = {"params": kwargs, "cross_validated": {
@@ -459,8 +435,7 @@ def export_model(cfg: DictConfig, source: str, names: list[str], emb_set: Embedd
 def evaluate(cfg: DictConfig) -> dict:
     source = embedding_source(cfg)  # before anything else: a missing source is the first thing to say
     output = feature_output(cfg)
-    if "weighted_layers" in list(cfg.eval.heads) and output != "layer_stats":
-        heads_for(list(cfg.eval.heads), {"output": output}, "evaluated")  # the error, before any extraction
+    heads_for(list(cfg.eval.heads), {"output": output}, "evaluated")  # a head that cannot fit: said before extraction
     exported = export_heads(cfg, source)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)

@@ -219,3 +219,29 @@ class SignalAtStep(Callback):
 
         if trainer.global_step == self.step:
             os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+from sklearn.base import BaseEstimator, ClassifierMixin  # noqa: E402
+
+from evaluation.heads import _ScoredOnOwnLabels  # noqa: E402
+
+
+class MajorityHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
+    """A head added by configuration alone (`eval.heads=[..., tests.helpers.MajorityHead]`): it predicts one
+    label, `eval.majority.label` when set, else the most frequent training label."""
+
+    def __init__(self, label: str | None = None, class_weight=None, random_state: int = 0):
+        self.label, self.class_weight, self.random_state = label, class_weight, random_state
+
+    @classmethod
+    def settings(cls, eval_settings: dict, features: dict | None) -> dict:
+        return dict(eval_settings.get("majority") or {})
+
+    def fit(self, X, y, groups=None):
+        values, counts = np.unique(np.asarray(y), return_counts=True)
+        self.classes_ = values
+        self.label_ = self.label if self.label is not None else values[counts.argmax()]
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.label_, dtype=self.classes_.dtype)

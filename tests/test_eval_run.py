@@ -211,7 +211,7 @@ def test_encoder_that_saw_test_speakers_is_refused_or_labelled_transductive(data
     from common.errors import ConfigError
 
     seen = Provenance("checkpoint", "x.ckpt", seen_speakers=("spk001", "spk004", "other:9"))
-    with pytest.raises(TransductiveEvaluationError, match=r"2 of the 10 test speakers.*spk001.*pretrain_protocol") as e:
+    with pytest.raises(TransductiveEvaluationError, match=r"2 of the 10 test speakers.*spk001.*crossval.py") as e:
         run_evaluation(data, heads=("linear",), n_folds=5, provenance=seen, verbose=False)
     assert isinstance(e.value, ConfigError)
     logged = []

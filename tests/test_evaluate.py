@@ -254,3 +254,16 @@ def test_official_split_names_map_to_train_and_test_and_others_are_unused():
     assert s.split.tolist() == ["train", "train", "unused", "test", "test", "unused"]
     assert s.emotion.tolist() == ["sad"] * 6  # labels kept: k-fold may use these clips
     assert records_to_set(recs, emb, "emotion4", None).split is None
+
+
+def test_a_head_is_added_by_configuration_alone(tmp_path, synthetic_cache):
+    """A head class named by its import path, with its own settings block: no pipeline code names it."""
+    cfg = _eval_cfg(tmp_path, synthetic_cache, "backbone=ge2e", "eval.heads=[linear,tests.helpers.MajorityHead]",
+                    "+eval.majority={label: sad}", "eval.export.heads=[]", "eval.verification_analysis=false")
+    res = evaluate(cfg)
+    GlobalHydra.instance().clear()
+    toy = res["tests.helpers.MajorityHead"]
+    assert res["protocol"]["head_kwargs"]["tests.helpers.MajorityHead"] == {"label": "sad"}
+    assert toy["ua"] == pytest.approx(0.25) and res["linear"]["ua"] > 0.4
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "tests.helpers.MajorityHead" in metrics and (tmp_path / "confusion_tests.helpers.MajorityHead.png").exists()

@@ -318,7 +318,7 @@ def test_refit_from_npz_with_a_subset_of_layers_and_clear_errors(evaluated_layer
     with pytest.raises(ConfigError, match=r"holds features 'layer_stats' but features=embedding: pass features=layer_stats"):
         evaluate(cfg("e1", "eval.heads=[linear]"))
     GlobalHydra.instance().clear()
-    with pytest.raises(ConfigError, match="weighted_layers, which weighs the layers of features=layer_stats"):
+    with pytest.raises(ConfigError, match="\['weighted_layers'\], which cannot be fitted on features=embedding.*layer_stats"):
         evaluate(cfg("e2", "eval.heads=[weighted_layers]"))
     GlobalHydra.instance().clear()
     with pytest.raises(ConfigError, match="features_layers=.* selects layers of features=layer_stats"):
