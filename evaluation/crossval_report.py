@@ -4,7 +4,8 @@ baseline on the same folds, a markdown report and a plot of the paired per-fold 
 Entries are named `<side>/<features>/<head>` (`baseline/layer_stats/linear`, `trained/embedding/svm`,
 `reference-ge2e/layer_stats/linear`) or `trained/classifier` (a model that classifies emotions itself, e.g.
 ser_finetune). Each trained entry is compared with the baseline and reference entries of the same probe;
-the classifier with every one of them. Without test scores (`crossval.score_test=false`) the report gives the
+the classifier with every one of them, including `baseline[fit]/...`: the baseline probes fitted on the rows
+the trained model was fitted on (the fold's training speakers less the validation ones). Without test scores (`crossval.score_test=false`) the report gives the
 validation speakers' selection scores only.
 The corrected resampled t-test uses n_test / n_fit, the rows the compared models were fitted on (the
 smaller of the two, the cautious choice: its interval is the wider). A difference the test does not
@@ -31,7 +32,7 @@ def entry_names(folds: Sequence[dict]) -> list[str]:
 
 def is_baseline(name: str) -> bool:
     """`baseline/...` (the encoder training started from) and `reference-<backbone>/...` (one as configured)."""
-    return name.startswith("baseline/") or name.startswith("reference-")
+    return name.startswith("baseline") or name.startswith("reference-")
 
 
 def summarize(folds: Sequence[dict]) -> dict:
@@ -56,7 +57,9 @@ def comparison_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
         if not n.startswith("trained/"):
             continue
         probe = n.split("/", 1)[1]
-        same = [b for b in baselines if b.split("/", 1)[1] == probe]
+        # a probe on the trained encoder is fitted on all training rows, like baseline/ and reference-*/ probes;
+        # baseline[fit]/ probes see only the rows the trained model fitted (its classifier's like for like)
+        same = [b for b in baselines if b.split("/", 1)[1] == probe and not b.startswith("baseline[fit]")]
         pairs += [(n, b) for b in (same or baselines)]
     return pairs
 

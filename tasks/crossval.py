@@ -40,7 +40,7 @@ from evaluation.crossval_report import assemble, flat_scalars, write_report
 from evaluation.embeddings_io import EmbeddingSet
 from evaluation.fold_plan import labelled_rows, plan_for_config
 from evaluation.metrics import compute_metrics
-from evaluation.protocols import FoldPlan
+from evaluation.protocols import Fold, FoldPlan
 from evaluation.provenance import check_chain
 from common.errors import ConfigError
 
@@ -84,7 +84,7 @@ def settings_of(cfg: DictConfig) -> dict:
             "allow_unknown_provenance": bool(c.get("allow_unknown_provenance", False)),
             "folds": list(c.folds) if c.get("folds") is not None else None, "keep_checkpoints": keep,
             "batch_size": int(c.get("batch_size", 16)), "references": references,
-            "score_test": bool(c.get("score_test", True))}
+            "score_test": bool(c.get("score_test", True)), "refit": bool(c.get("refit", False))}
 
 
 def task_overrides() -> list[str]:
@@ -135,8 +135,10 @@ class StartSnapshot(L.Callback):
         self.state = {k: v.detach().cpu().clone() for k, v in pl_module.backbone.state_dict().items()}
 
 
-def restrict(cfg: DictConfig, stage_dir: Path, train_speakers: list[str], val_speakers, seed: int) -> DictConfig:
-    """A copy of `cfg` training on `train_speakers` (some of which validate), writing to `stage_dir`, quiet."""
+def restrict(cfg: DictConfig, stage_dir: Path, train_speakers: list[str], val_speakers, seed: int,
+             epochs: int | None = None) -> DictConfig:
+    """A copy of `cfg` training on `train_speakers` (some of which validate), writing to `stage_dir`, quiet.
+    epochs: a refit on every training speaker (val_speakers=0) for that many epochs, nothing selected."""
     from datamodules.speaker_datamodule import split_speakers
 
     fc = copy.deepcopy(cfg)
@@ -151,6 +153,11 @@ def restrict(cfg: DictConfig, stage_dir: Path, train_speakers: list[str], val_sp
             fc.callbacks.pop(name, None)
         fc.trainer.enable_progress_bar = False
         fc.trainer.enable_model_summary = False
+        if epochs is not None:
+            fc.trainer.max_epochs = int(epochs)
+            fc.callbacks.pop("early_stopping", None)
+            if "model_checkpoint" in fc.callbacks:
+                fc.callbacks.model_checkpoint.monitor = None  # the last weights
         n_fit, n_val = (len(x) for x in split_speakers(train_speakers, val_speakers, int(fc.data.get("seed", seed))))
         monitor = OmegaConf.select(fc, "callbacks.model_checkpoint.monitor", default=None)
         if monitor == "val/probe_ua" and n_val < 2:
@@ -189,8 +196,9 @@ def train_stage(cfg: DictConfig, snapshot: bool) -> dict:
             "cluster_purity": purity}
 
 
-def score_probes(side: str, backbone, ctx: dict, fold, probes: list[dict]) -> dict:
-    """{`<side>/<features>/<head>`: scores} of every probe on the fold (fit on its training rows, test on its test rows)."""
+def score_probes(side: str, backbone, ctx: dict, fold, probes: list[dict], fit_speakers=None) -> dict:
+    """{`<side>/<features>/<head>`: scores} of every probe on the fold (fit on its training rows, or on those of
+    `fit_speakers` only, tested on its test rows)."""
     from evaluation.run_heads import run_evaluation
     from lightning_modules.clip_feature_cache import clip_features
     from tasks.evaluate import head_kwargs_from
@@ -204,6 +212,9 @@ def score_probes(side: str, backbone, ctx: dict, fold, probes: list[dict]) -> di
         ls = ctx["label_set"]
         es = EmbeddingSet(X, ls.emotion, ls.speaker, utt_id=ls.utt_id, features=description)
         kwargs = head_kwargs_from(ctx["eval"], description, [p["head"]])
+        if fit_speakers is not None:
+            keep = fold.train_idx[np.isin(ls.speaker[fold.train_idx], list(fit_speakers))]
+            fold = Fold(fold.name, keep, fold.test_idx, fold.test_speakers, fold.repeat)
         one = FoldPlan(protocol="kfold", requested="crossval", folds=[fold])
         res = run_evaluation(es, heads=[p["head"]], plan=one, seed=ctx["seed"] + fold.repeat,
                              balancing=ctx["eval"].balancing, head_kwargs=kwargs, out_dir=None, verbose=False,
@@ -298,13 +309,24 @@ def run_fold(fold, ctx: dict, cfg: DictConfig, settings: dict, out: Path) -> dic
     run = train_stage(main_cfg, snapshot=first is None)
     if first is None:
         baseline_cfg, snapshot = main_cfg, run["snapshot"]
-    module = read_checkpoint(run["best"]).module() if run["best"] else run["model"]
-    dm = run["datamodule"]
+    refit = None
+    if settings["refit"] and run["best"]:
+        epochs = int(read_checkpoint(run["best"]).raw.get("epoch", run["epochs_run"] - 1)) + 1
+        refit_cfg = restrict(main_cfg if first is None else main_cfg, run_dir / "refit", train_speakers, 0, seed,
+                             epochs=epochs)
+        with open_dict(refit_cfg):
+            refit_cfg.callbacks.pop("start_snapshot", None)
+        refit = train_stage(refit_cfg, snapshot=False)
+        entry["refit"] = {"epochs": epochs, "checkpoint": refit["best"] or "last epoch",
+                          "fit_speakers": sorted({r.speaker for r in refit["datamodule"].train_records})}
+    final = refit or run
+    module = read_checkpoint(final["best"]).module() if final["best"] else final["model"]
+    dm = final["datamodule"]
     test_speakers = list(fold.test_speakers)
     if set(dm.val_speakers) & set(test_speakers) or {r.speaker for r in dm.train_records} & set(test_speakers):
         raise RuntimeError(f"fold {fold.name}: the run's training or validation speakers include test speakers")
     init = module.hparams.get("init_from")
-    chain = read_checkpoint(run["best"]).chain() if run["best"] else [
+    chain = read_checkpoint(final["best"]).chain() if final["best"] else [
         {"path": "<the run's last weights>", "missing": False, "seen": sorted(module.seen_speakers),
          "unknown_from": list(module.unknown_provenance)}] + (
         [] if not init else read_checkpoint(init).chain() if Path(init).is_file() else
@@ -312,7 +334,11 @@ def run_fold(fold, ctx: dict, cfg: DictConfig, settings: dict, out: Path) -> dic
     trust = check_chain(chain, test_speakers, settings["allow_unknown_provenance"], where=f"fold {fold.name}: ")
     scores = {}
     if settings["score_test"]:
-        scores.update(score_probes("baseline", baseline_encoder(baseline_cfg, snapshot), ctx, fold, settings["probes"]))
+        start = baseline_encoder(baseline_cfg, snapshot)
+        scores.update(score_probes("baseline", start, ctx, fold, settings["probes"]))
+        fit_speakers = sorted({r.speaker for r in dm.train_records})
+        if len(fit_speakers) < len(train_speakers):  # what the probes do with the trained model's rows only
+            scores.update(score_probes("baseline[fit]", start, ctx, fold, settings["probes"], fit_speakers))
         for name in settings["references"]:
             scores.update(score_probes(f"reference-{name}", reference_encoder(name), ctx, fold, settings["probes"]))
         scores.update(score_probes("trained", module.backbone, ctx, fold, settings["probes"]))

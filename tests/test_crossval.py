@@ -106,7 +106,10 @@ def test_every_fold_trains_on_its_training_speakers_and_is_scored_on_unseen_ones
         seen = torch.load(f["selected_checkpoint"], weights_only=True)["seen_speakers"]
         assert not test & set(seen) and set(seen) == set(f["train_speakers"])
         assert set(f["scores"]) == {"baseline/layer_stats/linear", "baseline/embedding/svm", "trained/layer_stats/linear",
-                                    "trained/embedding/svm", "trained/classifier"}
+                                    "trained/embedding/svm", "trained/classifier", "baseline[fit]/layer_stats/linear",
+                                    "baseline[fit]/embedding/svm"}
+        # baseline[fit]: the probes on the rows the model itself was fitted on (no validation speaker)
+        assert f["scores"]["baseline[fit]/embedding/svm"]["n_fit"] == f["scores"]["trained/classifier"]["n_fit"]
     # chance is 0.25 (4 balanced classes): the fine-tuned classifier is well above it on speakers it never met
     assert result["summary"]["trained/classifier"]["ua"] > 0.45
 
@@ -118,6 +121,8 @@ def test_the_report_pairs_trained_and_baseline_on_the_same_folds(run):
     pairs = {(c["a"], c["b"]) for c in written["comparisons"]}
     assert ("trained/layer_stats/linear", "baseline/layer_stats/linear") in pairs
     assert ("trained/classifier", "baseline/embedding/svm") in pairs
+    assert ("trained/classifier", "baseline[fit]/embedding/svm") in pairs
+    assert not any(a.startswith("trained/layer") and b.startswith("baseline[fit]") for a, b in pairs)
     for c in written["comparisons"]:
         assert c["n"] == 2 and c["corrected_t"]["test_train_ratio"] > 0 and "wilcoxon" in c
         diffs = [f["scores"][c["a"]]["ua"] - f["scores"][c["b"]]["ua"] for f in written["folds"]]
@@ -293,3 +298,18 @@ def test_a_reference_encoder_is_scored_on_the_same_folds(tmp_path, synthetic_cac
     pairs = {(c["a"], c["b"]) for c in result["comparisons"]}
     assert ("trained/embedding/svm", "reference-ge2e/embedding/svm") in pairs
     assert ("trained/classifier", "reference-ge2e/layer_stats/linear") in pairs
+
+
+def test_a_refit_trains_again_on_every_training_speaker_for_the_chosen_epochs(tmp_path, synthetic_cache):
+    from tasks.crossval import crossval
+
+    result = crossval(_cfg(tmp_path, synthetic_cache, *TINY_SER, "trainer.max_epochs=3", "crossval.refit=true"))
+    GlobalHydra.instance().clear()
+    for f in result["folds"]:
+        chosen = torch.load(f["selected_checkpoint"], weights_only=True)["epoch"]
+        assert f["refit"]["epochs"] == chosen + 1
+        assert f["refit"]["fit_speakers"] == f["train_speakers"] == f["fit_speakers"]  # the validation speakers too
+        scored = torch.load(f["refit"]["checkpoint"], weights_only=True)
+        assert set(scored["seen_speakers"]) == set(f["train_speakers"]) and scored["epoch"] == chosen
+        assert not set(scored["seen_speakers"]) & set(f["fold"]["test_speakers"])
+        assert "baseline[fit]/embedding/svm" not in f["scores"]  # the model fitted every training row
