@@ -37,33 +37,51 @@ def encoder_digest(backbone: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def clip_features(backbone: torch.nn.Module, datamodule, records: Sequence[ClipRecord], output: str,
-                  cache_dir: str | Path | None, batch_size: int = 16) -> tuple[np.ndarray, dict]:
-    """((N, D) `output` features of `records`, in order, and their description), read back when cached."""
+def _key(backbone, datamodule, output: str) -> str:
+    return hashlib.blake2b(json.dumps({"encoder": encoder_digest(backbone), "output": output,
+                                       "audio": audio_settings(datamodule)}, sort_keys=True).encode(),
+                           digest_size=12).hexdigest()
+
+
+def clip_features(backbone: torch.nn.Module, datamodule, records: Sequence[ClipRecord], outputs: str | Sequence[str],
+                  cache_dir: str | Path | None, batch_size: int = 16) -> dict[str, tuple[np.ndarray, dict]]:
+    """{output: ((N, D) features of `records` in order, their description)}, read back when cached. Outputs
+    computed together share one pass over the audio (the embedding and the layer statistics come from the
+    same windows: `features=auto`'s columns, split)."""
     backbone = backbone.eval()
-    description = describe_output(backbone, output)
-    key = hashlib.blake2b(json.dumps({"encoder": encoder_digest(backbone), "output": output,
-                                      "audio": audio_settings(datamodule)}, sort_keys=True).encode(),
-                          digest_size=12).hexdigest()
-    path = Path(cache_dir) / f"{key}.npz" if cache_dir is not None else None
-    have: dict[str, np.ndarray] = {}
-    if path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            have = dict(zip(z["keys"].tolist(), z["values"]))
+    outputs = [outputs] if isinstance(outputs, str) else list(dict.fromkeys(outputs))
     keys = [clip_key(r) for r in records]
-    todo = [i for i, k in enumerate(keys) if k not in have]
+    have, paths = {}, {}
+    for out in outputs:
+        paths[out] = Path(cache_dir) / f"{_key(backbone, datamodule, out)}.npz" if cache_dir is not None else None
+        have[out] = {}
+        if paths[out] is not None and paths[out].is_file():
+            with np.load(paths[out], allow_pickle=False) as z:
+                have[out] = dict(zip(z["keys"].tolist(), z["values"]))
+    todo = sorted({i for out in outputs for i, k in enumerate(keys) if k not in have[out]})
     if todo:
-        todo_records = [records[i] for i in todo]
-        parts = []
-        for batch in datamodule.utterance_loader(todo_records, batch_size):
-            parts.append(embed_clips(backbone, batch["wavs"], output).values.numpy())
-        for i, v in zip(todo, np.concatenate(parts)):
-            have[keys[i]] = v
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp.npz")
-            np.savez(tmp, keys=np.array(list(have), dtype=str), values=np.stack(list(have.values())).astype(np.float32))
-            tmp.replace(path)
-    log.info("%s features of %d clips: %d computed, %d read back (%s)", output, len(records), len(todo),
-             len(records) - len(todo), path or "not cached")
-    return np.stack([have[k] for k in keys]).astype(np.float32), description
+        together = len(outputs) > 1 and set(outputs) <= {"embedding", "layer_stats", "auto"}
+        passes = ["auto"] if together else outputs
+        dim = int(backbone.embedding_dim)
+        for pass_output in passes:
+            parts = []
+            for batch in datamodule.utterance_loader([records[i] for i in todo], batch_size):
+                parts.append(embed_clips(backbone, batch["wavs"], pass_output).values.numpy())
+            values = np.concatenate(parts)
+            split = {"auto": values, "embedding": values[:, :dim], "layer_stats": values[:, dim:]} if together else \
+                {pass_output: values}
+            for out in outputs:
+                if out in split:
+                    for i, v in zip(todo, split[out]):
+                        have[out][keys[i]] = v
+        for out in outputs:
+            if paths[out] is not None:
+                paths[out].parent.mkdir(parents=True, exist_ok=True)
+                tmp = paths[out].with_name(paths[out].name + ".tmp.npz")
+                np.savez(tmp, keys=np.array(list(have[out]), dtype=str),
+                         values=np.stack(list(have[out].values())).astype(np.float32))
+                tmp.replace(paths[out])
+    log.info("%s features of %d clips: %d computed, %d read back (%s)", "+".join(outputs), len(records), len(todo),
+             len(records) - len(todo), cache_dir or "not cached")
+    return {out: (np.stack([have[out][k] for k in keys]).astype(np.float32), describe_output(backbone, out))
+            for out in outputs}

@@ -203,11 +203,10 @@ def score_probes(side: str, backbone, ctx: dict, fold, probes: list[dict], fit_s
     from lightning_modules.clip_feature_cache import clip_features
     from tasks.evaluate import head_kwargs_from
 
-    out, features = {}, {}
+    out = {}
+    features = clip_features(backbone, ctx["dm"], ctx["records"], [p["features"] for p in probes], ctx["cache_dir"],
+                             ctx["batch_size"])
     for p in probes:
-        if p["features"] not in features:
-            features[p["features"]] = clip_features(backbone, ctx["dm"], ctx["records"], p["features"], ctx["cache_dir"],
-                                                    ctx["batch_size"])
         X, description = features[p["features"]]
         ls = ctx["label_set"]
         es = EmbeddingSet(X, ls.emotion, ls.speaker, utt_id=ls.utt_id, features=description)
