@@ -67,7 +67,8 @@ class SpeakerDataModule(L.LightningDataModule):
                  train_splits: Sequence[str] | None = None, trim_silence: bool = True, normalize_loudness: bool = False,
                  augment: Any = None, num_workers: int = 0, seed: int = 0, speakers: Sequence[str] | None = None,
                  format: str = "files", shards_dir: str | None = None, clips_per_shard: int = 1000,
-                 shuffle_buffer: int = 2000, quality: dict | None = None, val_label_field: str | None = "emotion4"):
+                 shuffle_buffer: int = 2000, quality: dict | None = None, val_label_field: str | None = "emotion4",
+                 exclude_speakers: Sequence[str] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["augment"])
         self.augment = augment
@@ -124,6 +125,11 @@ class SpeakerDataModule(L.LightningDataModule):
                 raise ValueError(f"data.speakers: {missing} are not speakers of {h.corpus} "
                                  f"(known: {sorted({r.speaker for r in records})[:10]}...)")
             records = [r for r in records if r.speaker in keep]
+        if h.exclude_speakers:  # e.g. an evaluation fold's test speakers, out of a pool of corpora
+            drop = {str(x) for x in h.exclude_speakers}
+            n = len(records)
+            records = [r for r in records if r.speaker not in drop]
+            log.info("data.exclude_speakers: %d clips of %d speakers left out", n - len(records), len(drop))
         train_spk, val_spk = split_speakers([r.speaker for r in records], h.val_speakers, h.seed)
         return [r for r in records if r.speaker in train_spk], [r for r in records if r.speaker in val_spk]
 

@@ -136,16 +136,28 @@ class StartSnapshot(L.Callback):
 
 
 def restrict(cfg: DictConfig, stage_dir: Path, train_speakers: list[str], val_speakers, seed: int,
-             epochs: int | None = None) -> DictConfig:
+             epochs: int | None = None, corpus: str | None = None, corpus_speakers: list[str] | None = None) -> DictConfig:
     """A copy of `cfg` training on `train_speakers` (some of which validate), writing to `stage_dir`, quiet.
-    epochs: a refit on every training speaker (val_speakers=0) for that many epochs, nothing selected."""
+    epochs: a refit on every training speaker (val_speakers=0) for that many epochs, nothing selected.
+    A stage on a pool of corpora (`data=pooled`, e.g. label-free pretraining on other corpora's audio as well)
+    keeps every speaker of the other corpora and, of the evaluated `corpus`, only `train_speakers`: the rest of
+    `corpus_speakers` (the fold's test speakers) is excluded."""
     from datamodules.speaker_datamodule import split_speakers
 
     fc = copy.deepcopy(cfg)
     with open_dict(fc):
         fc.paths.output_dir = str(stage_dir)
         fc.seed = int(seed)
-        fc.data.speakers = list(train_speakers)
+        pooled = str(fc.data.get("corpus")) == "pooled"
+        if pooled:
+            members = [str(m["corpus"]) for m in fc.data.corpus_options.corpora]
+            if corpus not in members:
+                raise ConfigError(f"a pooled stage must contain the evaluated corpus {corpus} (it has {members}): its "
+                                  "speakers are how the fold's test speakers are kept out")
+            fc.data.speakers = None
+            fc.data.exclude_speakers = sorted(set(corpus_speakers or []) - set(train_speakers))
+        else:
+            fc.data.speakers = list(train_speakers)
         fc.data.val_speakers = val_speakers
         fc.logger = None
         fc.ckpt_path = None
@@ -159,6 +171,8 @@ def restrict(cfg: DictConfig, stage_dir: Path, train_speakers: list[str], val_sp
             if "model_checkpoint" in fc.callbacks:
                 fc.callbacks.model_checkpoint.monitor = None  # the last weights
         n_fit, n_val = (len(x) for x in split_speakers(train_speakers, val_speakers, int(fc.data.get("seed", seed))))
+        if pooled:  # the pool's other speakers train too: P is not limited by the fold
+            n_fit = int(fc.data.get("n_speakers", n_fit))
         monitor = OmegaConf.select(fc, "callbacks.model_checkpoint.monitor", default=None)
         if monitor == "val/probe_ua" and n_val < 2:
             raise ConfigError(f"crossval.val_speakers={val_speakers}: {n_val} validation speaker(s), but this experiment "
@@ -292,11 +306,13 @@ def run_fold(fold, ctx: dict, cfg: DictConfig, settings: dict, out: Path) -> dic
     if settings["pretrain"]:
         from utils.compose import compose_config
 
-        pre = compose_config("train.yaml", data_overrides(ctx["overrides"]) + settings["pretrain"],
+        own_data = any(o.lstrip("+~").split("=", 1)[0] == "data" for o in settings["pretrain"])
+        pre = compose_config("train.yaml", ([] if own_data else data_overrides(ctx["overrides"])) + settings["pretrain"],
                              output_dir=run_dir / "pretrain", inside_run=True)
         with open_dict(pre):
             pre.paths.data_dir, pre.paths.log_dir = str(cfg.paths.data_dir), str(cfg.paths.log_dir)
-        pre = restrict(pre, run_dir / "pretrain", train_speakers, settings["val_speakers"], seed)
+        pre = restrict(pre, run_dir / "pretrain", train_speakers, settings["val_speakers"], seed,
+                       corpus=str(cfg.data.corpus), corpus_speakers=ctx["corpus_speakers"])
         first = train_stage(pre, snapshot=True)
         init = first["best"] or str(run_dir / "pretrain" / "checkpoints" / "last.ckpt")
         entry["pretrain"] = {"selected_checkpoint": init, "selected_on": first["monitor"], "score": first["score"],
@@ -386,6 +402,9 @@ def crossval(cfg: DictConfig) -> dict:
         for key in ("experiment_name", "paths.output_dir", "paths.work_dir"):
             OmegaConf.update(cfg, key, OmegaConf.select(cfg, key, default=None), force_add=True)
     dm, records, label_set, plan, left_out = plan_of(cfg)
+    from evaluation.fold_plan import load_records
+
+    corpus_speakers = sorted({r.speaker for r in load_records(cfg.data)})
     out = results_dir(cfg, overrides)
     out.mkdir(parents=True, exist_ok=True)
     folds = plan.folds if settings["folds"] is None else [plan.folds[i] for i in _fold_indices(settings["folds"], plan)]
@@ -398,7 +417,8 @@ def crossval(cfg: DictConfig) -> dict:
         scoring_dm.use_prefixes(None)
     ctx = {"dm": scoring_dm, "records": records, "label_set": label_set, "eval": cfg.eval, "seed": int(cfg.seed),
            "classes": classes, "cache_dir": Path(str(cfg.paths.data_dir)) / "clip_features",
-           "batch_size": settings["batch_size"], "overrides": overrides, "runs_dir": runs_dir_of(cfg, out)}
+           "batch_size": settings["batch_size"], "overrides": overrides, "runs_dir": runs_dir_of(cfg, out),
+           "corpus_speakers": corpus_speakers}
     for f in folds:
         run_fold(f, ctx, cfg, settings, out)
     done = _finished_folds(out, plan)

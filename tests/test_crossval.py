@@ -313,3 +313,36 @@ def test_a_refit_trains_again_on_every_training_speaker_for_the_chosen_epochs(tm
         assert set(scored["seen_speakers"]) == set(f["train_speakers"]) and scored["epoch"] == chosen
         assert not set(scored["seen_speakers"]) & set(f["fold"]["test_speakers"])
         assert "baseline[fit]/embedding/svm" not in f["scores"]  # the model fitted every training row
+
+
+@pytest.mark.slow
+def test_a_pretraining_stage_on_a_pool_of_corpora_never_meets_the_folds_test_speakers(tmp_path):
+    """Label-free pretraining on other corpora's audio too (data=pooled): their speakers train, and of the evaluated
+    corpus only the fold's training speakers do (data.exclude_speakers holds its test speakers out)."""
+    from omegaconf import open_dict
+
+    from tasks.crossval import crossval
+    from tests.fixtures_corpora import build_casia
+    from tests.test_pooled import build_emodb
+
+    emodb = build_emodb(tmp_path / "emodb", speakers=("03", "08", "09", "10", "11", "12"))
+    casia = build_casia(tmp_path / "casia", ["liuchanhg", "wangzhe"], emotions=("angry", "happy", "neutral", "sad"))
+    tiny = ["backbone._target_=tests.helpers.TinyBackbone", "trainer.max_epochs=1", "data.n_speakers=2",
+            "data.n_per_speaker=2", "data.crop_seconds=0.5"]
+    cfg = make_cfg("crossval.yaml", tmp_path / "run", ["experiment=ser_finetune", "data=emodb", f"data.root={emodb}",
+                                                        *tiny, "model.freeze=none", "callbacks.early_stopping=null",
+                                                        "eval.n_folds=3", "eval.repeats=1", "crossval.val_speakers=2",
+                                                        f"crossval.out_dir={tmp_path / 'results'}"], tmp_path / "data")
+    with open_dict(cfg):
+        cfg.crossval.pretrain = ["experiment=triplet_speaker", "data=pooled", *tiny, "backbone.sample_rate=16000",
+                                 f"data.corpus_options.corpora=[{{corpus: emodb, root: '{emodb}'}}, "
+                                 f"{{corpus: casia, root: '{casia}'}}]"]
+    result = crossval(cfg)
+    GlobalHydra.instance().clear()
+    casia_speakers = {"casia:liuchanhg", "casia:wangzhe"}
+    for f in result["folds"]:
+        seen = set(torch.load(f["pretrain"]["selected_checkpoint"], weights_only=True)["seen_speakers"])
+        test = set(f["fold"]["test_speakers"])
+        assert casia_speakers <= seen and not seen & test
+        assert {s for s in seen if s.startswith("emodb:")} == set(f["train_speakers"])
+        assert f["trust"]["status"] == "clean"
