@@ -346,3 +346,20 @@ def test_a_pretraining_stage_on_a_pool_of_corpora_never_meets_the_folds_test_spe
         assert casia_speakers <= seen and not seen & test
         assert {s for s in seen if s.startswith("emodb:")} == set(f["train_speakers"])
         assert f["trust"]["status"] == "clean"
+
+
+def test_the_summary_goes_to_the_loggers(run, synthetic_cache):
+    """logger=csv (or wandb): the means and the paired differences of the report, as scalars."""
+    import csv as csv_module
+
+    from tasks.crossval import crossval
+
+    out, first = run
+    cfg = _cfg(out, synthetic_cache, *TINY_SER, "logger=csv")
+    crossval(cfg)  # every fold read back: only the report and the loggers run
+    GlobalHydra.instance().clear()
+    files = list((out / "run").glob("csv/**/metrics.csv"))
+    assert len(files) == 1
+    row = next(csv_module.DictReader(open(files[0])))
+    assert float(row["crossval/trained/classifier/ua"]) == pytest.approx(first["summary"]["trained/classifier"]["ua"])
+    assert "crossval/trained/classifier-vs-baseline/layer_stats/linear/p_corrected_t" in row
