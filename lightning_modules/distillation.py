@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.backbones.context_encoder import ContextEncoderBackbone, ContextOutput
 from lightning_modules.embedding_module import EmbeddingModule, load_backbone_weights
+from datamodules.prefix import batch_size_of
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,7 @@ class DistillationModule(EmbeddingModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         wav = batch["wav"]
         parts = self.distillation_losses(wav)
-        n = len(batch["index"])
+        n = batch_size_of(wav)
         for name in ("frame_loss", "utterance_loss", "masked_fraction", "target_std", "pred_std"):
             self.log(f"train/{name}", parts[name], batch_size=n)
         self.log("train/ema_decay", self.current_ema_decay(), batch_size=n)

@@ -45,6 +45,6 @@ def test_validation_prediction_and_clustering_embed_alike(train_cfg_factory, pre
 
 
 def test_output_is_an_extension_point_with_a_clear_error():
-    assert list(CLIP_OUTPUTS) == ["embedding", "layer_stats"]
-    with pytest.raises(ValueError, match=r"output='layers'.*\['embedding', 'layer_stats'\]"):
+    assert list(CLIP_OUTPUTS) == ["embedding", "layer_stats", "auto"]
+    with pytest.raises(ValueError, match=r"output='layers'.*\['auto', 'embedding', 'layer_stats'\]"):
         embed_clips(TinyBackbone(), [torch.zeros(16000)], output="layers")
