@@ -255,7 +255,7 @@ def records_fingerprint(records: Sequence) -> str:
 def resolve_pass_precision(pass_precision: str, device: torch.device) -> str:
     """"bf16" or "trainer" for the re-embedding pass. auto: bf16 on a CUDA device that has it, the trainer's
     precision elsewhere: on CPUs bf16 is emulated without AMX / AVX-512 BF16 (several times slower,
-    utils/cpu_features), and even with AMX the GE2E pass measured 1.5-1.9x slower in bf16 (BENCHMARKS.md)."""
+    common/cpu_features), and even with AMX the GE2E pass measured 1.5-1.9x slower in bf16 (BENCHMARKS.md)."""
     if pass_precision not in PASS_PRECISIONS:
         raise ValueError(f"IntraSpeakerClustering pass_precision={pass_precision!r}: expected one of {PASS_PRECISIONS}")
     if pass_precision != "auto":

@@ -9,9 +9,22 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 SCALARS = ("wa", "ua", "macro_f1", "weighted_f1")
+
+
+def unweighted_accuracy(y_true, y_pred) -> float:
+    """UA: the mean recall over the classes present in `y_true`; a class only predicted is a wrong guess, not a
+    class of its own. The same arithmetic as sklearn's balanced accuracy (equal to the last bit), without its
+    warning for such a class. The one UA: evaluate.py, crossval.py and the validation probe use it."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1 or not len(y_true):
+        raise ValueError(f"unweighted_accuracy: y_true {y_true.shape} and y_pred {y_pred.shape} must be equal, "
+                         "non-empty 1-D")
+    classes, row = np.unique(y_true, return_inverse=True)
+    correct = np.bincount(row, weights=(y_true == y_pred), minlength=len(classes))
+    return float(np.mean(correct / np.bincount(row, minlength=len(classes))))
 
 
 def compute_metrics(y_true, y_pred, labels: Sequence[str]) -> dict:
@@ -25,7 +38,7 @@ def compute_metrics(y_true, y_pred, labels: Sequence[str]) -> dict:
     per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     return {
         "wa": float(accuracy_score(y_true, y_pred)),
-        "ua": float(balanced_accuracy_score(y_true, y_pred)),
+        "ua": unweighted_accuracy(y_true, y_pred),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
         "per_class_f1": {label: float(v) for label, v in zip(labels, per_class, strict=True)},

@@ -248,7 +248,9 @@ class DistillationModule(EmbeddingModule):
 
     # ----- warm start -----
     def warm_start(self, path: str) -> None:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        from lightning_modules.checkpoints import read_checkpoint
+
+        sd = read_checkpoint(path).raw  # the one reader: load_backbone_weights below reuses this read
         sd = sd.get("state_dict", sd)
         whole_student = any(k.startswith("backbone.context.") for k in sd)  # a distilled (context-encoder) student
         target = self.backbone if whole_student else self.backbone.front_end

@@ -32,11 +32,11 @@ import lightning as L
 import numpy as np
 import torch
 
-from evaluation.eer import pairwise_trials
+from evaluation.eer import compute_eer, pairwise_trials
 from lightning_modules.backbone_factory import build_backbone
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.clip_embedding import embed_clips
-from lightning_modules.validation_metrics import roc_eer, speaker_independent_probe, unweighted_weighted_accuracy
+from lightning_modules.validation_metrics import speaker_independent_probe, unweighted_weighted_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class EmbeddingModule(L.LightningModule):
         if len(np.unique(speakers)) >= 2:
             scores, labels, _, _ = pairwise_trials(emb, speakers, max_pairs=self.hparams.val_max_pairs, seed=0)
             if 0 < labels.sum() < len(labels):
-                out["val/eer"] = roc_eer(scores, labels)
+                out["val/eer"] = compute_eer(scores, labels)
         if not self.probe_due():
             return out
         labelled = emotions >= 0

@@ -361,6 +361,23 @@ def test_training_lowers_both_losses_logs_the_schedule_and_evaluates(distill_cfg
     assert warm.seen_speakers == set(saved["seen_speakers"])  # and the speakers those weights have met
 
 
+def test_a_warm_start_reads_its_checkpoint_once(tmp_path, monkeypatch):
+    """The student, its decoder and the speakers they met come from one read (lightning_modules/checkpoints.py)."""
+    source = tiny_module()
+    with torch.no_grad():
+        for param in source.parameters():
+            param.add_(0.1)
+    ckpt = tmp_path / "student.ckpt"
+    torch.save({"state_dict": source.state_dict(), "seen_speakers": ["s1", "s2"]}, ckpt)
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or load(*a, **k))
+    warm = tiny_module(init_from=str(ckpt))
+    assert reads == [str(ckpt)]
+    assert all(torch.equal(v, source.backbone.state_dict()[k]) for k, v in warm.backbone.state_dict().items())
+    assert all(torch.equal(v, source.decoder.state_dict()[k]) for k, v in warm.decoder.state_dict().items())
+    assert warm.seen_speakers == {"s1", "s2"}
+
+
 def test_warm_start_from_another_objective_fills_the_front_end(tmp_path):
     torch.manual_seed(1)
     other = MelFrontEnd()

@@ -67,3 +67,30 @@ def test_balance_training_modes():
     assert len(idx) == 4 and cw is None
     with pytest.raises(ValueError, match="unknown balancing 'oversample'"):
         balance_training(labels, "oversample")
+
+
+def test_unweighted_accuracy_is_sklearns_balanced_accuracy_to_the_last_bit():
+    """The one UA (evaluate.py, crossval.py, the validation probe) equals sklearn's balanced accuracy exactly,
+    also when a class is only predicted (a wrong guess, not a class of its own), without sklearn's warning."""
+    import warnings
+
+    import numpy as np
+    from sklearn.metrics import balanced_accuracy_score
+
+    from evaluation.metrics import unweighted_accuracy
+
+    rng = np.random.default_rng(0)
+    for n_classes, n in [(2, 7), (4, 50), (7, 333)]:
+        y_true = rng.integers(0, n_classes - 1, n)  # the last class never occurs in the truth
+        y_pred = np.where(rng.random(n) < 0.6, y_true, rng.integers(0, n_classes, n))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = balanced_accuracy_score(y_true, y_pred)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert unweighted_accuracy(y_true, y_pred) == expected
+            names = np.array(["angry", "happy", "neutral", "sad", "x", "y", "z"])
+            assert unweighted_accuracy(names[y_true], names[y_pred]) == expected
+    assert unweighted_accuracy([0, 0, 0, 0, 1, 1, 2, 2], [0, 0, 0, 0, 0, 1, 2, 3]) == pytest.approx((1 + 0.5 + 0.5) / 3)
+    with pytest.raises(ValueError, match="non-empty"):
+        unweighted_accuracy([], [])

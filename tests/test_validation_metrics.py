@@ -1,4 +1,4 @@
-"""Validation on held-out speakers: the EER from torchmetrics' ROC and the speaker-independent emotion probe."""
+"""Validation on held-out speakers: the verification EER (evaluate.py's) and the speaker-independent emotion probe."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -7,21 +7,27 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.eer import compute_eer
+from evaluation.eer import compute_eer, pairwise_trials
+from evaluation.metrics import unweighted_accuracy
 from lightning_modules.embedding_module import EmbeddingModule
-from lightning_modules.validation_metrics import roc_eer, speaker_independent_probe, unweighted_weighted_accuracy
+from lightning_modules.validation_metrics import speaker_independent_probe, unweighted_weighted_accuracy
 from tests.helpers import TinyBackbone
 
 
-def test_roc_eer_matches_the_offline_eer_with_ties():
+def test_validation_scores_with_the_offline_eer_and_ua():
+    """One EER and one UA: val/eer is evaluation.eer.compute_eer of the same trials (ties included), val/probe_ua
+    is evaluation.metrics.unweighted_accuracy of the probe's predictions."""
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 500)
-    scores = np.round(labels * 0.8 + rng.normal(0, 0.6, 500), 1)  # rounded: many tied scores
-    assert roc_eer(scores, labels) == pytest.approx(compute_eer(scores, labels), abs=1e-6)  # torchmetrics: float32 rates
-    assert roc_eer(np.ones(10), np.r_[np.ones(5), np.zeros(5)]) == pytest.approx(0.5)
-    assert roc_eer([0.9, 0.8, 0.2, 0.1], [1, 1, 0, 0]) == 0.0
-    with pytest.raises(ValueError, match="non-target"):
-        roc_eer([0.1, 0.2], [1, 1])
+    speakers, emotions = _speakers(n_speakers=4)
+    emb = np.round(np.eye(4)[speakers] + rng.normal(0, 0.8, (len(speakers), 4)), 1)  # rounded: tied scores
+    emb = np.c_[emb, np.eye(4)[emotions] * 2].astype(np.float32)
+    module = EmbeddingModule(TinyBackbone(), probe_folds=4)
+    out = module.validation_metrics({"embedding": emb, "speaker": speakers, "emotion": emotions,
+                                     "index": np.arange(len(emb))})
+    scores, labels, _, _ = pairwise_trials(emb, speakers, max_pairs=module.hparams.val_max_pairs, seed=0)
+    assert len(np.unique(scores)) < len(scores) and out["val/eer"] == compute_eer(scores, labels)
+    pred = speaker_independent_probe(emb, emotions, speakers, 4)
+    assert out["val/probe_ua"] == unweighted_accuracy(emotions, pred)
 
 
 def _speakers(n_speakers=6, per_class=5, n_classes=4):
