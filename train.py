@@ -4,7 +4,7 @@ from utils.entrypoint import launch
 
 def main_task(cfg):
     from utils.entrypoint import is_multirun
-    from utils.training import optimized_metric_value, train
+    from tasks.train import optimized_metric_value, train
 
     metrics, _ = train(cfg)
     return optimized_metric_value(cfg, metrics, sweeping=is_multirun())

@@ -55,16 +55,9 @@ class Provenance:
                 "seen_corpora": self.seen_corpora, "note": self.note}
 
 
-def read_checkpoint_provenance(ckpt_path: str | Path) -> Provenance:
-    """The speakers a checkpoint was shaped by, read without unpickling (weights_only=True)."""
-    import torch
-
-    ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=True, mmap=True)
-    return checkpoint_provenance(ckpt, ckpt_path)
-
-
 def checkpoint_provenance(ckpt: dict, ckpt_path: str | Path) -> Provenance:
-    """`read_checkpoint_provenance` of a checkpoint dict already loaded."""
+    """The speakers a checkpoint dict already loaded was shaped by (a file: `read_checkpoint(path).provenance`,
+    lightning_modules/checkpoints.py)."""
     seen = ckpt.get(SEEN_SPEAKERS_KEY)
     corpora = ckpt.get(SEEN_CORPORA_KEY)
     unknown = list(ckpt.get(UNKNOWN_FROM_KEY) or [])

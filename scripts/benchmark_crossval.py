@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lightning_modules.backbones.ge2e import GE2EBackbone
     from lightning_modules.clip_embedding import embed_clips
     from tasks.crossval import plan_of, restrict, score_probes
-    from utils.training import train
+    from tasks.train import train
 
     overrides = ["experiment=ser_finetune", *args.overrides, f"paths.data_dir={work / 'data'}",
                  f"paths.log_dir={work / 'logs'}"]

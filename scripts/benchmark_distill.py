@@ -39,7 +39,7 @@ def worker(preset: str, precision: str, steps: int, clips: int | None, threads: 
     import torch
 
     from utils.compose import compose_config
-    from utils.training import build_model
+    from tasks.train import build_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

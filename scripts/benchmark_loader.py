@@ -81,7 +81,7 @@ def main() -> None:
 
     # How fast the model eats clips (forward + backward + step), same batches, one process.
     from scripts.benchmark_training import time_steps
-    from utils.training import build_model
+    from tasks.train import build_model
 
     cfg = compose_config("train.yaml", overrides + ["data.num_workers=0"], tmp)
     dm = instantiate(cfg.data, _convert_="all")

@@ -20,7 +20,7 @@ from hydra.utils import instantiate  # noqa: E402
 
 from scripts._bench_common import machine_description  # noqa: E402
 from utils.compose import compose_config  # noqa: E402
-from utils.training import build_model  # noqa: E402
+from tasks.train import build_model  # noqa: E402
 
 
 def time_steps(model, batches, precision: str) -> float:

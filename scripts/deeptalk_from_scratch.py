@@ -43,7 +43,7 @@ def run(overrides: list[str], seed: int, epochs: int, out: Path) -> dict:
     from hydra.utils import instantiate
 
     from utils.compose import compose_config
-    from utils.training import build_model
+    from tasks.train import build_model
 
     cfg = compose_config("train", [f"seed={seed}", f"trainer.max_epochs={epochs}", "callbacks.model_summary=null",
                                    "callbacks.progress_bar=null", *overrides], output_dir=out)

@@ -185,7 +185,7 @@ def restrict(cfg: DictConfig, stage_dir: Path, train_speakers: list[str], val_sp
 
 
 def train_stage(cfg: DictConfig, snapshot: bool) -> dict:
-    from utils.training import train
+    from tasks.train import train
 
     snap = StartSnapshot() if snapshot else None
     with open_dict(cfg):

@@ -33,7 +33,7 @@ from evaluation.provenance import Provenance
 from common.errors import ConfigError
 from utils.config_checks import check_data_root, check_required, check_targets
 from utils.instantiators import instantiate_loggers
-from utils.training import save_resolved_config
+from tasks.train import save_resolved_config
 
 log = logging.getLogger(__name__)
 SOURCES_HELP = ("ckpt_path=<checkpoint> (any of our modules; its backbone config comes with it), "

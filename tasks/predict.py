@@ -339,7 +339,7 @@ def print_summary(summary: dict, csv_path: Path) -> None:
 
 
 def predict(cfg: DictConfig) -> dict:
-    from utils.training import save_resolved_config
+    from tasks.train import save_resolved_config
 
     out_dir = Path(cfg.paths.output_dir)
     files = collect_inputs(cfg.get("inputs"))  # cheap checks first: a typo must not wait for the model

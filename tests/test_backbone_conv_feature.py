@@ -45,7 +45,7 @@ def test_registered_and_bad_layers_are_named():
 def test_base_preset_is_emotion2vec_base_sized(tmp_path):
     """12 blocks x 768, 12 heads, 10 utterance tokens over the data2vec CNN: ~94 M parameters (emotion2vec base)."""
     from tests.conftest import make_cfg
-    from utils.training import build_model
+    from tasks.train import build_model
 
     model = build_model(make_cfg("train.yaml", tmp_path, ["experiment=distill_base"]))
     ctx = model.backbone.context

@@ -1,6 +1,6 @@
 """Bad-input matrix: a folder corpus with one planted file of every kind users ship by accident.
 
-For each stage (prepare = the manifest, train = a fast dev run through `utils.training.train`,
+For each stage (prepare = the manifest, train = a fast dev run through `tasks.train.train`,
 evaluate = `tasks.evaluate.evaluate` with the pretrained GE2E, its metrics.json data block) the test
 checks that every planted file lands in its expected category of the report, with the expected
 counts, that nothing reaches training unannounced, and that nothing crashes.
@@ -137,7 +137,7 @@ def test_prepare_stage_reports_every_planted_file(corpus, tmp_path, capsys):
 
 
 def test_train_stage_fast_dev_run_sees_only_clean_clips(corpus, tmp_path):
-    from utils.training import train
+    from tasks.train import train
 
     root, planted = corpus
     cfg = make_cfg("train.yaml", tmp_path / "run", [

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from callbacks.intra_speaker_clustering import IntraSpeakerClustering, cluster_speakers, emotion_agreement
 from lightning_modules.backbones.base import Backbone
 from lightning_modules.embedding_module import EmbeddingModule
-from utils.training import train
+from tasks.train import train
 
 
 class FeatureBackbone(Backbone):

@@ -14,7 +14,7 @@ import callbacks.intra_speaker_clustering as clustering
 from callbacks.embedding_bank import EmbeddingBank
 from callbacks.intra_speaker_clustering import IntraSpeakerClustering, cluster_speakers, resolve_pass_precision
 from tests.test_clustering_callback import FEATURES, QUIET
-from utils.training import train
+from tasks.train import train
 
 # Fixed (parameter-free) features: the full pass gives the same vectors before every epoch, so the bank's
 # crop embeddings can be compared with it; 2 speakers per batch so the DDP run's plan equals 1 process's.

@@ -14,7 +14,7 @@ from pytorch_metric_learning.losses import SupConLoss
 from lightning_modules.contrastive import contrastive_pairs, random_subcrops
 from lightning_modules.gradient_reversal import dann_scale, grad_reverse
 from tests.helpers import QUIET, TINY_BACKBONE as TINY
-from utils.training import train
+from tasks.train import train
 
 
 # ----- pairs and loss -----
@@ -102,7 +102,7 @@ def test_mtl_speaker_head_is_trained_and_reloads(train_cfg_factory, tmp_path):
     from lightning_modules.clip_embedding import embed_records
     from lightning_modules.contrastive_mtl import ContrastiveMTLModule
     from tests.helpers import RecordSpeakerHead
-    from utils.training import build_model
+    from tasks.train import build_model
 
     cfg = train_cfg_factory("experiment=contrastive_mtl", "trainer.max_epochs=3", "data.batches_per_epoch=4",
                             "+callbacks.head._target_=tests.helpers.RecordSpeakerHead", *QUIET)
@@ -159,7 +159,7 @@ def test_contrastive_training_raises_emotion_probe_on_unseen_speakers(train_cfg_
     """
     from hydra.utils import instantiate
 
-    from utils.training import build_model
+    from tasks.train import build_model
 
     cfg = train_cfg_factory(TINY, "model=contrastive", "callbacks=clustering", "data.corpus_options.n_speakers=8",
                             "data.corpus_options.clips_per_emotion=6", "data.val_speakers=3", "data.n_speakers=5",

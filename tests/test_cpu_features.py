@@ -45,7 +45,7 @@ def test_silent_when_bf16_is_native_or_not_asked_or_not_on_cpu():
 
 
 def test_train_warns_at_start(train_cfg_factory, monkeypatch):
-    from utils.training import train
+    from tasks.train import train
 
     # No batch runs: the warning must come at start, whatever bf16 numerics then do (test_train covers those).
     no_steps = ("trainer.max_epochs=1", "+trainer.limit_train_batches=0", "+trainer.limit_val_batches=0",

@@ -61,7 +61,7 @@ def test_the_folds_are_evaluate_pys(tmp_path, synthetic_cache):
 def test_a_plan_the_corpus_cannot_support_fails_before_anything_is_embedded(tmp_path, synthetic_cache, monkeypatch):
     """4 speakers, eval.n_folds=5: one clear line, before extraction (evaluate.py) or training (crossval.py)."""
     import tasks.evaluate as evaluating
-    import utils.training as training
+    import tasks.train as training
     from common.errors import ConfigError
 
     def never(*a, **k):
@@ -137,7 +137,7 @@ def test_the_report_pairs_trained_and_baseline_on_the_same_folds(run):
 
 
 def test_a_rerun_continues_from_the_finished_folds(run, synthetic_cache, monkeypatch):
-    import utils.training as training
+    import tasks.train as training
     from tasks.crossval import crossval
 
     out, first = run
@@ -234,7 +234,7 @@ def test_unknown_provenance_is_refused_unless_opted_in_and_then_labelled(tmp_pat
 
 
 def test_a_warm_start_carries_unknown_provenance_into_the_new_checkpoint(tmp_path):
-    from evaluation.provenance import read_checkpoint_provenance
+    from lightning_modules.checkpoints import read_checkpoint
     from lightning_modules.ser_finetune import SERFinetuneModule
 
     init = _fake_checkpoint(tmp_path / "init.ckpt", None)
@@ -244,7 +244,7 @@ def test_a_warm_start_carries_unknown_provenance_into_the_new_checkpoint(tmp_pat
     m.on_save_checkpoint(ckpt)
     assert ckpt["seen_speakers"] == [] and ckpt["provenance_unknown_from"] == [str(init)]
     torch.save(ckpt, tmp_path / "new.ckpt")
-    prov = read_checkpoint_provenance(tmp_path / "new.ckpt")
+    prov = read_checkpoint(tmp_path / "new.ckpt").provenance
     assert not prov.known and str(init) in prov.note  # not 'saw nobody'
 
 

@@ -19,7 +19,7 @@ from lightning_modules.backbones.context_encoder import ContextEncoderBackbone, 
 from lightning_modules.distillation import (DistillationModule, ema_decay_at, instance_normalised_average, span_mask,
                                             utterance_prediction)
 from lightning_modules.checkpoints import load_embedding_module
-from utils.training import train
+from tasks.train import train
 
 
 class MelFrontEnd(Backbone):
@@ -416,7 +416,7 @@ def test_context_encoder_backbone_config_fits_a_distill_checkpoint(tmp_path):
 
     from lightning_modules.embedding_module import EmbeddingModule
     from tests.conftest import make_cfg
-    from utils.training import build_model
+    from tasks.train import build_model
 
     distill = build_model(make_cfg("train.yaml", tmp_path / "a", ["experiment=distill"])).eval()
     ckpt = tmp_path / "distill.ckpt"

@@ -19,7 +19,7 @@ from evaluation.provenance import TransductiveEvaluationError
 from tests.conftest import ROOT, TINY_CORPUS, make_cfg
 from common.errors import ConfigError
 from tasks.evaluate import evaluate
-from utils.training import train
+from tasks.train import train
 
 EVAL_CORPUS = [o for o in TINY_CORPUS if not o.startswith("data.n_")]
 
@@ -31,7 +31,7 @@ def _eval_cfg(tmp_path: Path, data_dir: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def trained_ckpt(tmp_path_factory, synthetic_cache) -> Path:
-    """One real tiny checkpoint from utils.training.train, shared by the tests of this file."""
+    """One real tiny checkpoint from tasks.train.train, shared by the tests of this file."""
     out = tmp_path_factory.mktemp("train")
     cfg = make_cfg("train.yaml", out, TINY_CORPUS + ["trainer.max_epochs=1", "data.batches_per_epoch=2",
                                                      "callbacks.model_summary=null"], synthetic_cache)

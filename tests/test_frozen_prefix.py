@@ -190,7 +190,7 @@ def test_ge2e_mel_prefix_windows_are_the_resemblyzer_partials(clips):
 
 # ----- end to end: a training run with the store and without it -----
 def _run(train_cfg_factory, enabled: bool, out: str, *overrides):
-    from utils.training import train
+    from tasks.train import train
 
     cfg = train_cfg_factory(*overrides, *QUIET, f"callbacks.frozen_prefix.enabled={str(enabled).lower()}",
                             "trainer.max_epochs=2", "callbacks.model_checkpoint.monitor=null",
@@ -219,7 +219,7 @@ def test_training_with_the_store_equals_training_without_it(train_cfg_factory, o
 
 
 def test_a_waveform_augmentation_computes_the_prefix_from_the_augmented_audio(train_cfg_factory):
-    from utils.training import train
+    from tasks.train import train
 
     cfg = train_cfg_factory("experiment=contrastive_mtl", "augment=speaker", *QUIET, "debug=fdr")
     _, objs = train(cfg)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.helpers import QUIET, TINY_BACKBONE, NonFiniteLossAt
-from utils.training import train
+from tasks.train import train
 
 POISONED = [TINY_BACKBONE, "model._target_=tests.helpers.NonFiniteLossAt", "+model.nan_at_batch=1",
             "trainer.max_epochs=1", "data.batches_per_epoch=3", "+trainer.limit_val_batches=0",

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tests.conftest import ROOT, TINY_CORPUS
 from tests.helpers import RecordProgress
-from utils.training import train
+from tasks.train import train
 
 COMMON = ["trainer.max_epochs=2", "data.batches_per_epoch=4", "callbacks.model_summary=null",
           "callbacks.progress_bar=null", "+callbacks.progress._target_=tests.helpers.RecordProgress"]

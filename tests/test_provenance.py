@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from tests.helpers import QUIET, TINY_BACKBONE
-from utils.training import train
+from tasks.train import train
 
 SHORT = [TINY_BACKBONE, "trainer.max_epochs=1", "data.batches_per_epoch=1", "data.n_speakers=2", *QUIET]
 

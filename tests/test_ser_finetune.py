@@ -24,7 +24,7 @@ DEEPTALK = {"_target_": "lightning_modules.backbones.deeptalk.DeepTalkBackbone",
 
 # ----- the experiment runs -----
 def test_fast_dev_run_of_the_experiment(train_cfg_factory):
-    from utils.training import train
+    from tasks.train import train
 
     cfg = train_cfg_factory("experiment=ser_finetune", "debug=fdr", "data.val_batch_size=4", *QUIET)  # one val batch
     assert cfg.callbacks.model_checkpoint.monitor == cfg.optimized_metric == "val/ua"

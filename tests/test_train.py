@@ -12,7 +12,7 @@ from omegaconf import open_dict
 from tests.conftest import ROOT
 from tests.helpers import QUIET, TINY_BACKBONE
 from common.errors import ConfigError
-from utils.training import train
+from tasks.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
 

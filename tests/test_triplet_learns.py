@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hydra.utils import instantiate
 
-from utils.training import build_model
+from tasks.train import build_model
 
 
 def test_triplet_training_lowers_held_out_eer(train_cfg_factory):

@@ -12,7 +12,7 @@ import pytest
 from callbacks.intra_speaker_clustering import IntraSpeakerClustering
 from tests.test_clustering_callback import FEATURES, QUIET
 from utils.entrypoint import run_task
-from utils.training import train
+from tasks.train import train
 
 wandb = pytest.importorskip("wandb")
 from wandb.proto import wandb_internal_pb2  # noqa: E402

@@ -1,4 +1,4 @@
-"""The body of train.py: build everything from the config, fit, return the metrics."""
+"""The train task (train.py's body): build everything from the config, fit, return the metrics."""
 from __future__ import annotations
 
 import logging
