@@ -178,7 +178,7 @@ class SERFinetuneModule(EmbeddingModule):
 
     def __init__(self, backbone: Backbone | Mapping[str, Any], class_names: Sequence[str] | None = None,
                  freeze: str = "partial", freeze_stages: int = 2, pooling: str = "layers", stats: str = "mean_std",
-                 pooled_dim: int = 256, classifier_hidden: int = 128, dropout: float = 0.2,
+                 pooled_dim: int = 256, classifier_hidden: int = 0, dropout: float = 0.2,
                  class_weights: str = "balanced", head_lr: float = 1e-2, max_windows_per_batch: int = 64,
                  stats_norm: str = "layer", clip_pooling: str = "windows", **kwargs):
         kwargs.setdefault("probe_every_n_epochs", 0)  # its own classifier is scored instead of a probe
@@ -197,6 +197,7 @@ class SERFinetuneModule(EmbeddingModule):
             raise ValueError(f"model.freeze_stages={freeze_stages}: expected 1..{len(stages)} for this backbone "
                              f"(stages: {[s for s, _ in stages]})")
         self.frozen_parameters = self._apply_freeze(stages)
+        self.unread_parameters = self._fix_unread_parameters()
         if clip_pooling not in CLIP_POOLINGS:
             raise ValueError(f"model.clip_pooling={clip_pooling!r}: expected one of {CLIP_POOLINGS}")
         self.pooling = LayerWeightedPooling(self._layer_dims(), pooled_dim, stats, stats_norm)
@@ -218,6 +219,31 @@ class SERFinetuneModule(EmbeddingModule):
         log.info("ser_finetune: freeze=%s: %d of %d encoder tensors fixed (%s)", h.freeze, len(names), len(params),
                  ", ".join(s for s, _ in (stages if h.freeze == "all" else stages[: int(h.freeze_stages)])))
         return names
+
+    def _fix_unread_parameters(self) -> list[str]:
+        """Encoder tensors that nothing the pooling reads depends on (GE2E's embedding projection under layer
+        pooling) are fixed too: DDP would otherwise wait for their gradients and stop ("parameters that were not
+        used in producing the loss"). Found from the graph of one dummy window, so it holds for any backbone."""
+        trainable = [(n, p) for n, p in self.backbone.named_parameters() if p.requires_grad]
+        if not trainable:
+            return []
+        was = self.backbone.training
+        self.backbone.eval()  # the graph's shape, not its values: no batch-norm statistics move
+        try:
+            with torch.enable_grad():
+                outs = self.encoder_outputs(torch.zeros(2, self.backbone.window_samples()[0]))
+                grads = torch.autograd.grad(sum(o.float().sum() for o in outs), [p for _, p in trainable],
+                                            allow_unused=True)
+        finally:
+            self.backbone.train(was)
+        unread = [n for (n, p), g in zip(trainable, grads) if g is None]
+        for n, p in trainable:
+            if n in unread:
+                p.requires_grad_(False)
+        if unread:
+            log.info("ser_finetune: %d encoder tensor(s) the pooling never reads are fixed: %s", len(unread),
+                     ", ".join(unread))
+        return unread
 
     @torch.no_grad()
     def _layer_dims(self) -> list[int]:

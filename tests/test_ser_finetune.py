@@ -91,11 +91,30 @@ def test_freeze_modes_fix_what_they_say(mode):
     assert sorted(model.frozen_parameters) == sorted(frozen)
     for name in frozen:
         assert not params[name].requires_grad and torch.equal(params[name], before[name]), name
-    for name in set(lstm) - set(frozen):  # (the embedding projection gets no gradient from layer pooling)
+    for name in set(lstm) - set(frozen):
         assert params[name].requires_grad and not torch.equal(params[name], before[name]), name
+    # the embedding projection feeds no layer the pooling reads: fixed whatever the mode (DDP needs every trainable
+    # tensor in the graph), and listed apart from the stages `freeze` fixed
+    unread = [] if mode == "all" else ["linear.bias", "linear.weight"]
+    assert sorted(model.unread_parameters) == unread
+    for name in ["linear.weight", "linear.bias"]:
+        assert not params[name].requires_grad and torch.equal(params[name], before[name]), name
     assert model.backbone.training == (mode != "all")  # a fixed encoder stays in eval mode while the head trains
     head = model.classifier[-1].weight
     assert head.requires_grad
+
+
+@pytest.mark.parametrize("backbone,mode", [("ge2e", "partial"), ("ge2e", "none"), ("deeptalk", "partial"),
+                                           ("deeptalk", "none")])
+def test_every_trainable_tensor_gets_a_gradient_so_ddp_can_run(backbone, mode):
+    """DDP (trainer=ddp, ddp_sim) stops on a trainable tensor that gets no gradient: the loss must reach every one."""
+    model = SERFinetuneModule(GE2E if backbone == "ge2e" else DEEPTALK, class_names=CLASSES, freeze=mode,
+                              scheduler="none")
+    wav = 0.1 * torch.randn(4, int(0.5 * model.backbone.sample_rate), generator=torch.Generator().manual_seed(0))
+    model.train()
+    torch.nn.functional.cross_entropy(model(wav), torch.arange(4) % len(CLASSES)).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
 
 
 def test_partial_freeze_keeps_frozen_batch_norm_statistics_fixed():
