@@ -5,7 +5,8 @@ Entries are named `<side>/<features>/<head>` (`baseline/layer_stats/linear`, `tr
 `reference-ge2e/layer_stats/linear`) or `trained/classifier` (a model that classifies emotions itself, e.g.
 ser_finetune). Each trained entry is compared with the baseline and reference entries of the same probe;
 the classifier with every one of them, including `baseline[fit]/...`: the baseline probes fitted on the rows
-the trained model was fitted on (the fold's training speakers less the validation ones). Without test scores (`crossval.score_test=false`) the report gives the
+the trained model was fitted on (the fold's training speakers less the validation ones); and each baseline
+entry with the reference entries of the same probe (what a warm start brought). Without test scores (`crossval.score_test=false`) the report gives the
 validation speakers' selection scores only.
 The corrected resampled t-test uses n_test / n_fit, the rows the compared models were fitted on (the
 smaller of the two, the cautious choice: its interval is the wider). A difference the test does not
@@ -61,6 +62,12 @@ def comparison_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
         # baseline[fit]/ probes see only the rows the trained model fitted (its classifier's like for like)
         same = [b for b in baselines if b.split("/", 1)[1] == probe and not b.startswith("baseline[fit]")]
         pairs += [(n, b) for b in (same or baselines)]
+    # the starting encoder against the references on the same probe: what a warm start (model.init_from, a
+    # chained stage) brought before this run trained anything
+    for n in names:
+        if n.startswith("baseline/"):
+            probe = n.split("/", 1)[1]
+            pairs += [(n, r) for r in baselines if r.startswith("reference-") and r.split("/", 1)[1] == probe]
     return pairs
 
 
