@@ -26,7 +26,9 @@ CHOICES = [("embedding", ["svm", "linear"]), ("layer_stats", ["linear", "weighte
 
 def run(overrides: list[str], runs: Path) -> dict:
     scores, folds, picks = {}, None, None
-    for features, heads in CHOICES:
+    # auto first: its one pass over the audio fills the clip feature cache with the embedding and the layer
+    # statistics (lightning_modules/clip_feature_cache.py), which the fixed choices then read back
+    for features, heads in sorted(CHOICES, key=lambda c: c[0] != "auto"):
         cfg = compose_config("evaluate.yaml", ["backbone=ge2e", *overrides, f"features={features}",
                                                 f"eval.heads=[{','.join(heads)}]", "eval.export.heads=[]",
                                                 "eval.verification_analysis=false"], runs / features)
@@ -40,6 +42,7 @@ def run(overrides: list[str], runs: Path) -> dict:
                                          "ratio": float(np.mean([f["n_test"] / f["n_fit"] for f in res[h]["folds"]]))}
         if features == "auto":
             picks = res["auto"].get("picks")
+    scores = {f"{features}/{h}": scores[f"{features}/{h}"] for features, heads in CHOICES for h in heads}
     summary = {}
     for name, s in scores.items():
         ci = corrected_t_interval(s["ua"], s["ratio"], bounds=(0.0, 1.0))

@@ -9,16 +9,18 @@ with the encoder reference as a bundle for predict.py (`<run>/model/`, evaluatio
 on the mean + std over time of every layer of the backbone (`features_layers=[...]` keeps some), which
 the SVM heads then standardise per fold (`eval.layer_stats_svm`) and the `weighted_layers` head weighs.
 What the columns are travels in embeddings.npz, metrics.json (`protocol.features`) and the bundle.
+
+Clip features come from the one clip feature cache (lightning_modules/clip_feature_cache.py, in
+`<paths.data_dir>/clip_features`, shared with crossval.py): keyed by the encoder's weights, the output, the audio
+settings and the trainer's precision, so the runs of one encoder (features=embedding, layer_stats, auto; a
+crossval.py baseline) compute each clip's features once.
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
@@ -91,22 +93,6 @@ def embedding_provenance(cfg: DictConfig, source: str) -> Provenance:
     return Provenance("backbone", target, seen_speakers=(),
                       note="no training in this framework; weights a backbone ships with (GE2E: VoxCeleb 1+2 and "
                            "LibriSpeech) are not tracked by speaker")
-
-
-def cache_key(cfg: DictConfig) -> str:
-    """Same checkpoint (path + size + mtime) or backbone, same corpus and audio path -> same embeddings."""
-    d = cfg.data
-    key: dict[str, Any] = {"data": {k: OmegaConf.to_container(d, resolve=True).get(k) for k in
-                                    ("corpus", "root", "corpus_options", "sample_rate", "trim_silence", "normalize_loudness")}}
-    if cfg.get("ckpt_path"):
-        st = Path(cfg.ckpt_path).stat()
-        key["ckpt"] = [str(Path(cfg.ckpt_path).resolve()), st.st_size, st.st_mtime_ns]
-    else:
-        key["backbone"] = OmegaConf.to_container(cfg.backbone, resolve=True)
-    output = feature_output(cfg)
-    if output != "embedding":  # (left out for embeddings, so that caches made before it stay valid)
-        key["features"] = output
-    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def feature_output(cfg: DictConfig) -> str:
@@ -224,47 +210,67 @@ def prepare_corpus(cfg: DictConfig):
     return datamodule, load_records(cfg.data)
 
 
-def extract(cfg: DictConfig, out_dir: Path, provenance: Provenance, datamodule, records: list[ClipRecord]) -> EmbeddingSet:
-    """Embed every clip of the corpus through Lightning's predict loop (all devices, any precision)."""
-    h = datamodule.hparams
-    output = feature_output(cfg)
-    cache = Path(cfg.paths.log_dir) / "embedding_cache" / f"{cache_key(cfg)}.npy"
-    description_file = cache.with_suffix(".features.json")
-    emb = np.load(cache, allow_pickle=False) if cache.exists() else None
-    description = json.loads(description_file.read_text()) if description_file.is_file() else None
-    if output == "embedding" and emb is not None and description is None:
-        from evaluation.layer_features import embedding_description
+class PredictLoop:
+    """How evaluate.py computes the clips the feature cache lacks (`clip_features`' compute): Lightning's predict
+    loop (all devices, the trainer's precision, DDP with each clip once); one trainer for every pass of a run."""
 
-        description = embedding_description(emb.shape[1])  # a cache made before descriptions were stored
-    if emb is not None and len(emb) == len(records) and description is not None:
-        log.info("embeddings: reusing cache %s (delete it to re-extract)", cache)
-    else:
-        from lightning_modules.clip_embedding import describe_output
+    def __init__(self, cfg: DictConfig, module, datamodule, out_dir: Path, precision: str):
+        self.cfg, self.module, self.datamodule, self.out_dir, self.precision = cfg, module, datamodule, out_dir, precision
+        self.trainer: L.Trainer | None = None
+        self.passes = 0
 
-        module = build_embedding_module(cfg)
-        if module.backbone.sample_rate != h.sample_rate:
-            raise ConfigError(f"backbone samples at {module.backbone.sample_rate} Hz but data.sample_rate={h.sample_rate}")
-        writer = EmbeddingWriter(out_dir / "predictions")
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[writer], logger=False, use_distributed_sampler=True)
-        loader = datamodule.utterance_loader(records, batch_size=cfg.eval.batch_size)
+    def __call__(self, records: list[ClipRecord], output: str) -> np.ndarray | None:
+        from lightning_modules.clip_feature_cache import precision_key
+
+        self.passes += 1
+        if self.trainer is None:
+            writer = EmbeddingWriter(self.out_dir / "predictions")
+            self.trainer = instantiate(self.cfg.trainer, callbacks=[writer], logger=False, use_distributed_sampler=True)
+            if precision_key(self.trainer.precision) != self.precision:  # the cache key must say what computed them
+                raise RuntimeError(f"the trainer runs at precision {self.trainer.precision}, the feature cache was "
+                                   f"keyed for {self.precision} (trainer.precision={self.cfg.trainer.get('precision')})")
+        loader = self.datamodule.utterance_loader(records, batch_size=self.cfg.eval.batch_size)
         if output == "embedding":
-            predictor = module
+            predictor = self.module
         else:  # the same predict loop, with another clip_embedding output
             from lightning_modules.clip_embedding import ClipPredictor
 
-            predictor = ClipPredictor(module, "features", output)
-        trainer.predict(predictor, dataloaders=loader, return_predictions=False)
-        if trainer.global_rank != 0:
-            return None  # type: ignore[return-value]
-        emb, n_padded = merge_rank_files(out_dir / "predictions", len(records))
+            predictor = ClipPredictor(self.module, "features", output)
+        self.trainer.predict(predictor, dataloaders=loader, return_predictions=False)
+        if self.trainer.global_rank != 0:
+            return None
+        emb, n_padded = merge_rank_files(self.out_dir / "predictions", len(records))
         if n_padded:
-            how = "were zero-padded" if output == "embedding" else "were pooled over their own frames, unpadded"
-            log.warning("%s: %d of %d clips were shorter than one %.2f s window and %s", output,
-                        n_padded, len(records), module.backbone.window_seconds, how)
-        description = describe_output(module, output)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, emb)
-        description_file.write_text(json.dumps(description) + "\n")
+            how = {"embedding": "were zero-padded", "layer_stats": "were pooled over their own frames, unpadded",
+                   "auto": "were zero-padded (embedding) and pooled over their own frames (layer statistics)"}
+            log.warning("%s: %d of %d clips were shorter than one %.2f s window and %s", output, n_padded,
+                        len(records), self.module.backbone.window_seconds, how.get(output, "were padded"))
+        return emb
+
+
+def extract(cfg: DictConfig, out_dir: Path, provenance: Provenance, datamodule, records: list[ClipRecord]) -> EmbeddingSet:
+    """Features of every clip of the corpus, from the one clip feature cache (`<paths.data_dir>/clip_features`,
+    lightning_modules/clip_feature_cache.py, shared with crossval.py): keyed by the encoder's weights, the output,
+    the audio settings and the trainer's precision; the clips it lacks go through Lightning's predict loop
+    (`PredictLoop`: all devices, any precision). None on a DDP rank other than 0."""
+    from lightning_modules.clip_feature_cache import CACHE_FOLDER, cache_files, clip_features, precision_key
+
+    h = datamodule.hparams
+    output = feature_output(cfg)
+    module = build_embedding_module(cfg)
+    if module.backbone.sample_rate != h.sample_rate:
+        raise ConfigError(f"backbone samples at {module.backbone.sample_rate} Hz but data.sample_rate={h.sample_rate}")
+    precision = precision_key(OmegaConf.select(cfg, "trainer.precision", default=None))
+    cache_dir = Path(str(cfg.paths.data_dir)) / CACHE_FOLDER
+    loop = PredictLoop(cfg, module, datamodule, out_dir, precision)
+    got = clip_features(module.backbone, datamodule, records, output, cache_dir, int(cfg.eval.batch_size),
+                        precision=precision, compute=loop)
+    if got is None:
+        return None  # type: ignore[return-value]  # non-zero DDP rank: rank 0 has the features
+    if not loop.passes:
+        log.info("embeddings: reusing cache %s (delete it to re-extract)",
+                 ", ".join(str(p) for p in cache_files(module.backbone, datamodule, output, cache_dir, precision)))
+    emb, description = got[output]
     split_map = OmegaConf.to_container(cfg.eval.split_map, resolve=True) if cfg.eval.get("split_map") else None
     emb_set = records_to_set(records, emb, cfg.eval.label_field, split_map)
     emb_set.features = description

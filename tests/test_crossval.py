@@ -300,6 +300,49 @@ def test_a_reference_encoder_is_scored_on_the_same_folds(tmp_path, synthetic_cac
     assert ("trained/classifier", "reference-ge2e/layer_stats/linear") in pairs
 
 
+def test_an_evaluate_run_and_crossvals_probes_of_the_same_encoder_share_the_clip_features(tmp_path, synthetic_cache,
+                                                                                         monkeypatch):
+    """evaluate.py backbone=ge2e, then crossval.py's probes of a baseline with the same weights (the pretrained GE2E
+    a run starts from): one cache (`<paths.data_dir>/clip_features`), the clips read back, not computed again."""
+    pytest.importorskip("resemblyzer", reason="the pretrained GE2E weights come with resemblyzer")
+    import lightning_modules.clip_feature_cache as cache
+    import tasks.crossval as cv_task
+    from tasks.evaluate import evaluate
+
+    data_dir = tmp_path / "data"  # a clip feature cache of this test's own, over the shared synthetic corpus
+    common = ["data.corpus_options.n_speakers=8", "data.corpus_options.clips_per_emotion=2",
+              f"data.root={synthetic_cache / 'synthetic'}", "eval.n_folds=2", "eval.repeats=1", "backbone=ge2e"]
+    evaluated = evaluate(make_cfg("evaluate.yaml", tmp_path / "ev", [*common, "eval.heads=[linear]", "eval.export.heads=[]",
+                                                                     "eval.verification_analysis=false"], data_dir))
+    GlobalHydra.instance().clear()
+    written = sorted((data_dir / "clip_features").glob("*.npz"))
+    assert len(written) == 1
+
+    class Captured(Exception):
+        pass
+
+    seen = {}
+
+    def capture(fold, ctx, cfg, settings, out):  # crossval.py's own fold context, before any training
+        seen.update(fold=fold, ctx=ctx, cfg=cfg)
+        raise Captured
+
+    monkeypatch.setattr(cv_task, "run_fold", capture)
+    with pytest.raises(Captured):
+        cv_task.crossval(_cfg(tmp_path, data_dir, *common))
+    GlobalHydra.instance().clear()
+
+    def never(*a, **k):
+        raise AssertionError("crossval.py computed clip features evaluate.py had computed")
+
+    monkeypatch.setattr(cache, "embed_clips", never)
+    start = cv_task.baseline_encoder(seen["cfg"], cv_task.reference_encoder("ge2e").state_dict())
+    scores = cv_task.score_probes("baseline", start, seen["ctx"], seen["fold"], [{"features": "embedding", "head": "linear"}])
+    assert 0 <= scores["baseline/embedding/linear"]["ua"] <= 1
+    assert scores["baseline/embedding/linear"]["ua"] == pytest.approx(evaluated["linear"]["folds"][0]["ua"])
+    assert sorted((data_dir / "clip_features").glob("*.npz")) == written
+
+
 def test_a_refit_trains_again_on_every_training_speaker_for_the_chosen_epochs(tmp_path, synthetic_cache):
     from tasks.crossval import crossval
 

@@ -116,23 +116,89 @@ def test_readme_commands_compose(tmp_path):
     assert cfg.eval.repeats == 5 and cfg.eval.svm.C == 1000.0 and cfg.eval.svm.gamma == 0.1
 
 
-def test_refit_from_npz_matches_and_cache_is_reused(tmp_path, synthetic_cache):
+def _own_cache(tmp_path: Path, synthetic_cache: Path) -> tuple[Path, str]:
+    """(a data folder of the test's own, whose clip feature cache starts empty; the shared synthetic corpus in it)."""
+    return tmp_path / "data", f"data.root={synthetic_cache / 'synthetic'}"
+
+
+def test_refit_from_npz_matches_and_cache_is_reused(tmp_path, synthetic_cache, caplog):
+    data_dir, corpus = _own_cache(tmp_path, synthetic_cache)
     out1 = tmp_path / "a"
-    r1 = evaluate(_eval_cfg(out1, synthetic_cache, "backbone=deeptalk", "eval.heads=[linear]"))
-    cache_files = list((out1 / "logs" / "embedding_cache").glob("*.npy"))
+    r1 = evaluate(_eval_cfg(out1, data_dir, corpus, "backbone=deeptalk", "eval.heads=[linear]"))
+    cache_files = list((data_dir / "clip_features").glob("*.npz"))  # the clip feature cache crossval.py reads too
     assert len(cache_files) == 1
     mtime = cache_files[0].stat().st_mtime_ns
     # same backbone and corpus again: embeddings come from the cache, not re-extracted
-    cfg = _eval_cfg(tmp_path / "b", synthetic_cache, "backbone=deeptalk", "eval.heads=[linear]")
-    with open_dict(cfg):
-        cfg.paths.log_dir = str(out1 / "logs")
-    evaluate(cfg)
+    with caplog.at_level(logging.INFO, logger="tasks.evaluate"):
+        evaluate(_eval_cfg(tmp_path / "b", data_dir, corpus, "backbone=deeptalk", "eval.heads=[linear]"))
     assert cache_files[0].stat().st_mtime_ns == mtime
+    assert f"embeddings: reusing cache {cache_files[0]}" in caplog.text
+    assert np.array_equal(load_npz(tmp_path / "b" / "embeddings.npz").embeddings, load_npz(out1 / "embeddings.npz").embeddings)
     r3 = evaluate(_eval_cfg(tmp_path / "c", synthetic_cache, "eval.heads=[linear]", f"embeddings={out1 / 'embeddings.npz'}"))
     assert r3["linear"]["ua"] == pytest.approx(r1["linear"]["ua"])
     # the npz carried the provenance and the corpus report of its extraction
     assert r3["protocol"]["provenance"]["source"] == "backbone" and r3["protocol"]["evaluation"] == "speaker-independent"
     assert r3["data"]["num_clips"] == r1["data"]["num_clips"] == 64
+
+
+def test_each_clip_is_embedded_once_whatever_features_are_asked(tmp_path, synthetic_cache, monkeypatch):
+    """features=embedding, then layer_stats, then auto of one encoder (scripts/feature_choice.py): the encoder
+    computes each clip's embedding once and its layer statistics once; auto is assembled from the two."""
+    from lightning_modules.backbones.base import Backbone
+
+    data_dir, corpus = _own_cache(tmp_path, synthetic_cache)
+    clips = {"embed_utterances": 0, "layer_stats_utterances": 0}
+    for name in clips:
+        real = getattr(Backbone, name)
+
+        def counted(self, wavs, *a, _real=real, _name=name, **k):
+            clips[_name] += len(wavs)
+            return _real(self, wavs, *a, **k)
+
+        monkeypatch.setattr(Backbone, name, counted)
+    runs = {}
+    for features, heads in (("embedding", "[linear]"), ("layer_stats", "[linear]"), ("auto", "[auto]")):
+        runs[features] = tmp_path / features
+        res = evaluate(_eval_cfg(runs[features], data_dir, corpus, "backbone=deeptalk", f"features={features}",
+                                 f"eval.heads={heads}", "eval.export.heads=[]", "eval.verification_analysis=false",
+                                 "eval.auto.inner_folds=2", "eval.auto.linear_C=[1.0]", "eval.auto.svm_C=[10.0]",
+                                 "eval.auto.weighted_layers_C=[1.0]"))
+        assert res["protocol"]["features"]["output"] == features
+        GlobalHydra.instance().clear()
+    assert clips == {"embed_utterances": 64, "layer_stats_utterances": 64}  # the old cache: 128 and 128
+    sets = {f: load_npz(d / "embeddings.npz") for f, d in runs.items()}
+    assert sets["auto"].utt_id.tolist() == sets["embedding"].utt_id.tolist() == sets["layer_stats"].utt_id.tolist()
+    assert np.array_equal(sets["auto"].embeddings, np.concatenate([sets["embedding"].embeddings,
+                                                                   sets["layer_stats"].embeddings], 1))
+    assert [s.features["output"] for s in sets.values()] == ["embedding", "layer_stats", "auto"]
+    assert len([p for p in (data_dir / "clip_features").iterdir() if p.suffix == ".npz"]) == 2  # embedding, layer_stats
+
+
+def test_another_precision_or_other_weights_are_extracted_again(trained_ckpt, tmp_path, synthetic_cache):
+    """A bf16 predict loop never reads fp32 features back (the precision is part of the key), nor a checkpoint
+    the features of other weights."""
+    data_dir, corpus = _own_cache(tmp_path, synthetic_cache)
+    cache = data_dir / "clip_features"
+    common = ["eval.heads=[linear]", "eval.export.heads=[]", "eval.verification_analysis=false"]
+    evaluate(_eval_cfg(tmp_path / "fp32", data_dir, corpus, "backbone=deeptalk", *common))
+    assert len(list(cache.glob("*.npz"))) == 1
+    evaluate(_eval_cfg(tmp_path / "bf16", data_dir, corpus, "backbone=deeptalk", "trainer.precision=bf16-mixed", *common))
+    assert len(list(cache.glob("*.npz"))) == 2
+    fp32, bf16 = (load_npz(tmp_path / d / "embeddings.npz").embeddings for d in ("fp32", "bf16"))
+    assert not np.array_equal(fp32, bf16) and np.abs(fp32 - bf16).max() < 0.1  # computed again, at bf16
+    ckpt = _craft(trained_ckpt, tmp_path / "a.ckpt", seen=["elsewhere:1"])
+    evaluate(_eval_cfg(tmp_path / "ck", data_dir, corpus, f"ckpt_path={ckpt}", *common))
+    assert len(list(cache.glob("*.npz"))) == 3
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    name = next(k for k, v in state["state_dict"].items() if k.startswith("backbone.") and v.is_floating_point())
+    state["state_dict"][name] = state["state_dict"][name] + 0.01
+    torch.save(state, tmp_path / "b.ckpt")
+    evaluate(_eval_cfg(tmp_path / "ck2", data_dir, corpus, f"ckpt_path={tmp_path / 'b.ckpt'}", *common))
+    assert len(list(cache.glob("*.npz"))) == 4
+    # the same weights under another file name (and mtime): read back
+    (tmp_path / "copy.ckpt").write_bytes(ckpt.read_bytes())
+    evaluate(_eval_cfg(tmp_path / "ck3", data_dir, corpus, f"ckpt_path={tmp_path / 'copy.ckpt'}", *common))
+    assert len(list(cache.glob("*.npz"))) == 4
 
 
 def test_metrics_json_data_block(tmp_path, synthetic_cache):
@@ -224,8 +290,10 @@ def test_extraction_under_simulated_ddp(trained_ckpt, tmp_path, synthetic_cache)
     evaluate(_eval_cfg(single, synthetic_cache, f"ckpt_path={ckpt}", "eval.heads=[linear]",
                        "eval.verification_analysis=false"))
     ddp = tmp_path / "ddp"
-    evaluate(_eval_cfg(ddp, synthetic_cache, f"ckpt_path={ckpt}", "trainer=ddp_sim", "eval.heads=[linear]",
+    data_dir, corpus = _own_cache(tmp_path, synthetic_cache)  # extracted again, not read from the single run's cache
+    evaluate(_eval_cfg(ddp, data_dir, corpus, f"ckpt_path={ckpt}", "trainer=ddp_sim", "eval.heads=[linear]",
                        "eval.verification_analysis=false"))
+    assert len(list((data_dir / "clip_features").glob("*.npz"))) == 1  # written once, by rank 0
     a, b = load_npz(single / "embeddings.npz"), load_npz(ddp / "embeddings.npz")
     assert b.utt_id.tolist() == a.utt_id.tolist()
     np.testing.assert_allclose(b.embeddings, a.embeddings, atol=1e-5)
