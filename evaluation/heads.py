@@ -651,7 +651,7 @@ class AutoFeaturesHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
         return out
 
     def fit(self, X, y, groups=None) -> "AutoFeaturesHead":
-        from sklearn.metrics import balanced_accuracy_score
+        from evaluation.metrics import unweighted_accuracy
 
         self.check_arguments()
         X, y = _check_xy(X, y)
@@ -672,7 +672,7 @@ class AutoFeaturesHead(_ScoredOnOwnLabels, ClassifierMixin, BaseEstimator):
                 if len(np.unique(y[tr])) < 2:
                     continue
                 h = make_head(head, **kwargs).fit(X[tr][:, cols], y[tr], groups=groups[tr])
-                fold_scores.append(balanced_accuracy_score(y[te], h.predict(X[te][:, cols])))
+                fold_scores.append(unweighted_accuracy(y[te], h.predict(X[te][:, cols])))
             scores[name] = float(np.mean(fold_scores)) if fold_scores else float("nan")
         best = max(scores, key=lambda n: (np.nan_to_num(scores[n], nan=-1.0), -list(scores).index(n)))
         _, cols, head, kwargs = next(c for c in self.candidates() if c[0] == best)

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.functional.classification import multiclass_recall
 
 from datamodules.prefix import Prefix, batch_size_of, cat_batches
+from evaluation.metrics import unweighted_accuracy
 from lightning_modules.backbones.base import Backbone, owned_frames
 from lightning_modules.embedding_module import EmbeddingModule
 
@@ -65,14 +65,6 @@ def class_weights_from_counts(counts: Sequence[int]) -> Tensor:
     weights = np.zeros_like(counts)
     weights[present] = counts.sum() / (present.sum() * counts[present])
     return torch.tensor(weights, dtype=torch.float32)
-
-
-def unweighted_accuracy(pred: Tensor, target: Tensor, num_classes: int) -> float:
-    """Mean recall over the classes present in `target` (sklearn's balanced accuracy, evaluate.py's UA).
-    torchmetrics' macro recall also averages classes that are only predicted, so it is taken per class."""
-    recall = multiclass_recall(pred, target, num_classes=num_classes, average="none")
-    present = torch.bincount(target, minlength=num_classes) > 0
-    return float(recall[present].mean())
 
 
 def _stage_prefixes(backbone: Backbone) -> list[tuple[str, list[str]]]:
@@ -440,7 +432,7 @@ class SERFinetuneModule(EmbeddingModule):
             return
         logits, target = logits[labelled], target[labelled]
         pred = logits.argmax(1)
-        metrics = {"val/ua": unweighted_accuracy(pred, target, n_classes),
+        metrics = {"val/ua": unweighted_accuracy(target.numpy(), pred.numpy()),
                    "val/wa": float((pred == target).float().mean()),
                    "val/loss": float(F.cross_entropy(logits, target)),
                    "val/clips": float(len(target))}

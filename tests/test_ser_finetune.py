@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from lightning_modules.ser_finetune import (SERFinetuneModule, class_weights_from_counts, encoder_stages,
-                                            unweighted_accuracy)
+from lightning_modules.ser_finetune import SERFinetuneModule, class_weights_from_counts, encoder_stages
 from tests.conftest import TINY_CORPUS, make_cfg
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
@@ -44,11 +44,18 @@ def test_class_weights_are_balanced_from_counts_and_absent_classes_get_zero():
         class_weights_from_counts([0, 0])
 
 
-def test_unweighted_accuracy_averages_only_the_classes_present_like_evaluate():
-    from sklearn.metrics import balanced_accuracy_score
+def test_val_ua_is_evaluates_ua_over_the_classes_present():
+    """val/ua is evaluation.metrics.unweighted_accuracy (the one UA), here with a class only predicted."""
+    from evaluation.metrics import unweighted_accuracy
 
+    model = SERFinetuneModule(GE2E, class_names=CLASSES, freeze="all")
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    model._trainer = SimpleNamespace(world_size=1, sanity_checking=False)
     pred, target = torch.tensor([0, 1, 1, 0, 2]), torch.tensor([0, 1, 0, 0, 1])  # class 2 only predicted
-    assert unweighted_accuracy(pred, target, 4) == pytest.approx(balanced_accuracy_score(target, pred))
+    model._val_rows = [{"logits": F.one_hot(pred, 4).float(), "emotion": target, "index": torch.arange(5)}]
+    model.on_validation_epoch_end()
+    assert logged["val/ua"] == unweighted_accuracy(target.numpy(), pred.numpy()) == pytest.approx((2 / 3 + 1 / 2) / 2)
 
 
 def test_class_weights_come_from_the_training_speakers_only(tmp_path, synthetic_cache):
