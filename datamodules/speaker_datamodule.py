@@ -49,7 +49,8 @@ def load_corpus_records(corpus: str, root: str | Path, cache_dir: str | Path, op
 
 def split_speakers(speakers: Sequence[str], n_val: int | float, seed: int) -> tuple[set, set]:
     uniq = sorted(set(speakers))
-    k = int(round(n_val * len(uniq))) if isinstance(n_val, float) and n_val < 1 else int(n_val)
+    # a fraction never rounds to no validation speaker at all (0.25 of 2 speakers is still 1)
+    k = max(1, int(round(n_val * len(uniq)))) if isinstance(n_val, float) and 0 < n_val < 1 else int(n_val)
     if k <= 0:
         return set(uniq), set()
     if k > len(uniq) - 2:

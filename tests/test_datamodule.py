@@ -101,3 +101,15 @@ def test_shard_order_changes_every_epoch_and_is_reproducible_with_workers(train_
     other_run = _dm(train_cfg_factory, *shards)
     other_run.trainer = SimpleNamespace(current_epoch=1)
     assert [b["index"].tolist() for b in other_run.train_dataloader()] == order1
+
+
+def test_a_fraction_of_validation_speakers_keeps_at_least_one():
+    """A fraction rounds to a count, but never to none: round(0.25 * 2 speakers) is 0, which would leave a
+    fold with no validation speaker and an epoch choice made on nothing."""
+    from datamodules.speaker_datamodule import split_speakers
+
+    fit, val = split_speakers(["a", "b", "c"], 0.1, seed=0)
+    assert len(val) == 1 and len(fit) == 2 and not fit & val
+    assert [len(split_speakers([str(i) for i in range(8)], 0.25, 0)[1]), len(split_speakers(
+        [str(i) for i in range(52)], 0.25, 0)[1])] == [2, 13]
+    assert split_speakers(["a", "b", "c"], 0, seed=0)[1] == set()  # 0: no validation, as asked
