@@ -8,7 +8,9 @@
    then read back) and both default probes fitted and scored on every fold. Goal: <= 1.3 x `extraction`.
 3. `forward`: the full encoder (GE2E, every layer) over one fold's training clips, whole, no gradient.
 4. `ser_finetune freeze=all` and `freeze=partial` epochs on that fold (training and validation, the frozen
-   prefix store built before the first epoch and not counted): goals <= 0.1 x and <= 2 x `forward`.
+   prefix store built before the first epoch and not counted), an epoch being one pass over the fold's training
+   clips (`data.batches_per_epoch=null`; the experiment's default epoch is 20 steps): goals <= 0.1 x and
+   <= 2 x `forward`.
 Everything runs in this process, one after the other; fresh cache folders under --work.
 """
 from __future__ import annotations
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
         with open_dict(fc):
             fc.model.freeze = mode
             fc.trainer.max_epochs = args.epochs
+            fc.trainer.min_epochs = 1
+            fc.data.batches_per_epoch = None  # an epoch = one pass over the fold's training clips, as `forward`
             fc.callbacks.pop("early_stopping", None)
             fc.callbacks.epoch_timer = {"_target_": "callbacks.epoch_timer.EpochTimer"}
         _, objs = train(fc)
