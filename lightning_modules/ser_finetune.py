@@ -140,8 +140,9 @@ class LayerWeightedPooling(nn.Module):
                 out.append(torch.cat([x, torch.zeros_like(x)], -1) if self.stats == "mean_std" else x)
             elif self.stats == "mean":
                 out.append(x.mean(1))
-            else:
-                out.append(torch.cat([x.mean(1), x.std(1, unbiased=False)], -1))
+            else:  # two-pass moments: torch's std over the middle dimension was 2.5x slower on CPU
+                mean = x.mean(1, keepdim=True)
+                out.append(torch.cat([mean.squeeze(1), (x - mean).square().mean(1).sqrt()], -1))
         return out
 
     @property
