@@ -513,6 +513,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out, args.work = args.out.resolve(), args.work.resolve()
     if os.environ.get("GPU_CHECK_FAIL_STEP") == args.step:
         raise RuntimeError(f"failure injected into step {args.step} (GPU_CHECK_FAIL_STEP)")
+    if os.environ.get("GPU_CHECK_KILL_STEP") == args.step:  # as the out-of-memory killer ends a process
+        os.kill(os.getpid(), signal.SIGKILL)
     if not args.cpu and not torch.cuda.is_available():
         raise SystemExit("torch.cuda.is_available() is False: run with --cpu, or on a machine with a GPU")
     STEPS[args.command](args)

@@ -130,8 +130,11 @@ run_step() {  # name timeout_s gpu_check.py-arguments...
     local took=$(($(date +%s) - t0))
     if [ $rc -eq 0 ] && [ "$(rows_of "$name")" -gt "$before" ]; then
         N_OK=$((N_OK + 1)); echo "   ok in ${took}s"
-    elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    elif [ $rc -eq 124 ] || { [ $rc -eq 137 ] && [ "$took" -ge "$limit" ]; }; then
         record "$name" failed "timed out after ${limit}s (log: logs/$name.log)"; N_FAILED=$((N_FAILED + 1))
+    elif [ $rc -eq 137 ]; then  # SIGKILL before the limit: the kernel's out-of-memory killer, most likely
+        record "$name" failed "killed (SIGKILL) after ${took}s of ${limit}s: out of memory? (log: logs/$name.log)"
+        N_FAILED=$((N_FAILED + 1))
     else
         local why
         why="$(grep -E '^[A-Za-z_.]*(Error|Exception|Interrupt)\b|^SystemExit|Error: ' "$log" | tail -n 1)"

@@ -29,9 +29,12 @@ TRAIN_METRICS = {"training clips/s per process", "training clips/s incl. loader 
                  "loader ÷ training", "train/loss (last step)"}
 
 
-def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
+def _run(*args: str, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    extra = env or {}
     env = dict(os.environ, PYTHON=sys.executable)  # the interpreter running the tests (its venv)
     env.pop("GPU_CHECK_FAIL_STEP", None)
+    env.pop("GPU_CHECK_KILL_STEP", None)
+    env.update(extra)
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -111,6 +114,17 @@ def test_out_of_budget_steps_are_recorded_as_skipped(tmp_path):
     assert list(by_step) == STEPS
     assert all([r["status"] for r in rows] == ["skipped"] and "time budget" in rows[0]["note"]
                for rows in by_step.values())
+
+
+def test_a_killed_step_is_not_reported_as_a_timeout(tmp_path):
+    """A step the kernel kills (SIGKILL, e.g. out of memory) well before its limit says so; it was reported as
+    'timed out after 1463s' when distill_base ran out of memory after seconds."""
+    out = tmp_path / "out"
+    proc = _run("--cpu", "--out", str(out), "--work", str(tmp_path / "work"), "--only", "env", timeout=300,
+                env={"GPU_CHECK_KILL_STEP": "env"})
+    assert proc.returncode == 1
+    (row,) = _rows(out)["env"]
+    assert row["status"] == "failed" and "killed (SIGKILL)" in row["note"] and "timed out" not in row["note"]
 
 
 def test_gpu_mode_without_cuda_stops_with_a_clear_error(tmp_path):
