@@ -88,6 +88,9 @@ def _guard_training_step(step):
 
 class EmbeddingModule(L.LightningModule):
     """lr, weight_decay, warmup_steps, scheduler ("cosine" | "none"): AdamW and its schedule.
+    backbone_lr_scales: {backbone submodule: factor}: its parameters learn at factor x their group's lr
+        (`filterbank: 30`: DeepTalk's DeepVOX filterbank trained from scratch, configs/optim/triplet.yaml); a name
+        that matches no trainable parameter of this backbone (e.g. GE2E) is named in a warning and ignored.
     init_from: checkpoint of any objective to warm-start the backbone from.
     val_max_pairs: verification trials sampled for `val/eer`.
     probe_every_n_epochs: emotion probe schedule (0 = never); probe_folds: speaker folds of the probe
@@ -105,7 +108,8 @@ class EmbeddingModule(L.LightningModule):
     def __init__(self, backbone: Backbone | Mapping[str, Any], lr: float = 1e-3, weight_decay: float = 1e-4,
                  warmup_steps: int = 0, scheduler: str = "cosine", init_from: str | None = None,
                  val_max_pairs: int = 200_000, probe_every_n_epochs: int = 1, probe_folds: int = 5,
-                 probe_C: float = 1.0, nonfinite_loss: str = "error"):
+                 probe_C: float = 1.0, nonfinite_loss: str = "error",
+                 backbone_lr_scales: Mapping[str, float] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, Backbone) else [])
         if nonfinite_loss not in NONFINITE_MODES:
@@ -114,6 +118,9 @@ class EmbeddingModule(L.LightningModule):
             raise ValueError(f"model.probe_every_n_epochs={probe_every_n_epochs}: expected >= 0 (0 = no probe)")
         if int(probe_folds) < 2:
             raise ValueError(f"model.probe_folds={probe_folds}: expected >= 2")
+        for name, factor in (backbone_lr_scales or {}).items():
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+                raise ValueError(f"model.backbone_lr_scales.{name}={factor!r}: expected a positive number")
         self.backbone = build_backbone(backbone)
         self.seen_speakers: set[str] = set()
         self.seen_corpora: dict[str, str] = {}
@@ -273,9 +280,40 @@ class EmbeddingModule(L.LightningModule):
         """AdamW parameter groups; objectives with parts trained from scratch (heads) give them their own lr."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
+    def scaled_param_groups(self, groups: list[dict]) -> list[dict]:
+        """`groups` with the backbone parameters named by `backbone_lr_scales` split off, at factor x their lr.
+
+        A parameter under several names takes the longest name's factor."""
+        scales = {f"backbone.{k}": float(v) for k, v in (self.hparams.get("backbone_lr_scales") or {}).items()}
+        if not scales:
+            return groups
+        names = {id(p): n for n, p in self.named_parameters()}
+
+        def prefix_of(p: torch.Tensor) -> str | None:
+            name = names.get(id(p), "")
+            hits = [k for k in scales if name == k or name.startswith(k + ".")]
+            return max(hits, key=len) if hits else None
+
+        out, used = [], set()
+        for group in groups:
+            split: dict[str | None, list] = {}
+            for p in group["params"]:
+                split.setdefault(prefix_of(p), []).append(p)
+            base_lr = float(group.get("lr", self.hparams.lr))
+            for prefix, params in split.items():
+                if prefix is not None:
+                    used.add(prefix)
+                out.append({**group, "params": params} if prefix is None else
+                           {**group, "params": params, "lr": base_lr * scales[prefix]})
+        unused = sorted(k.removeprefix("backbone.") for k in set(scales) - used)
+        if unused:
+            log.warning("model.backbone_lr_scales: %s has no trainable parameters under %s; ignored",
+                        type(self.backbone).__name__, unused)
+        return out
+
     def configure_optimizers(self):
         h = self.hparams
-        groups = [g for g in self.optimizer_param_groups() if g["params"]]
+        groups = self.scaled_param_groups([g for g in self.optimizer_param_groups() if g["params"]])
         opt = torch.optim.AdamW(groups, lr=h.lr, weight_decay=h.weight_decay)
         if h.scheduler == "none":
             return opt

@@ -29,3 +29,20 @@ def test_group_by_label_orders_and_checks_balance():
     assert torch.equal(g[0], emb[[1, 3]])
     with pytest.raises(ValueError, match="same number"):
         group_by_label(emb, torch.tensor([0, 0, 0, 1, 1, 2]))
+
+
+def test_ge2e_loss_runs_in_fp32_under_bf16_autocast():
+    """trainer.precision=bf16-mixed runs the training step under autocast: the loss must neither fail (an fp32
+    write into a bf16 similarity matrix) nor lose precision, whatever dtype the embeddings come in."""
+    torch.manual_seed(0)
+    emb = torch.randn(4, 3, 16, requires_grad=True)
+    loss = GE2ELoss()
+    reference = loss(emb)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mixed = loss(emb)
+        from_bf16 = loss(emb.to(torch.bfloat16))
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, reference)
+    torch.testing.assert_close(from_bf16, loss(emb.to(torch.bfloat16).float()))
+    mixed.backward()
+    assert torch.isfinite(emb.grad).all()

@@ -19,6 +19,12 @@ class GE2ELoss(nn.Module):
     def forward(self, emb: Tensor) -> Tensor:
         if emb.dim() != 3 or emb.shape[1] < 2:
             raise ValueError(f"GE2ELoss expects (speakers, utterances>=2, dim), got {tuple(emb.shape)}")
+        # In fp32 whatever the precision plugin: under bf16 autocast the einsum below would come out in bf16
+        # and the fp32 leave-one-out similarities could not be written into it.
+        with torch.autocast(device_type=emb.device.type, enabled=False):
+            return self._loss(emb.float())
+
+    def _loss(self, emb: Tensor) -> Tensor:
         p, k, _ = emb.shape
         emb = F.normalize(emb, dim=-1)
         centroids = F.normalize(emb.mean(dim=1), dim=-1)  # (P, E)
