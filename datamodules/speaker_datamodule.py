@@ -69,7 +69,7 @@ class SpeakerDataModule(L.LightningDataModule):
                  augment: Any = None, num_workers: int = 0, seed: int = 0, speakers: Sequence[str] | None = None,
                  format: str = "files", shards_dir: str | None = None, clips_per_shard: int = 1000,
                  shuffle_buffer: int = 2000, quality: dict | None = None, val_label_field: str | None = "emotion4",
-                 exclude_speakers: Sequence[str] | None = None):
+                 exclude_speakers: Sequence[str] | None = None, prefix_store_workers: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["augment"])
         self.augment = augment
@@ -189,7 +189,10 @@ class SpeakerDataModule(L.LightningDataModule):
 
     # ----- loaders -----
     def _loader_kwargs(self) -> dict:
-        n = self.hparams.num_workers
+        """Loader workers: `num_workers`, or `prefix_store_workers` while batches are read from the frozen-prefix
+        store (memory-map slices, cheaper to read in-process than to hand over from worker processes)."""
+        h = self.hparams
+        n = h.prefix_store_workers if getattr(self.prefix_source, "cached", False) else h.num_workers
         return {"num_workers": n, "persistent_workers": n > 0, "pin_memory": False}
 
     def train_dataset(self) -> CropDataset:

@@ -38,6 +38,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from datamodules.prefix import Prefix, batch_size_of, cat_batches
@@ -199,6 +200,7 @@ class SERFinetuneModule(EmbeddingModule):
             self._build_classifier([str(c) for c in class_names])
         self.train_class_counts: list[int] | None = None
         self._val_rows: list[dict[str, Tensor]] = []
+        self._frozen_val_stats: dict[int, tuple[Tensor, ...]] = {}  # freeze=all: clip index -> its statistics
 
     # ----- construction -----
     def _apply_freeze(self, stages: list[tuple[str, list[str]]]) -> list[str]:
@@ -327,9 +329,14 @@ class SERFinetuneModule(EmbeddingModule):
     def clip_logits(self, wavs: Sequence[Tensor | Prefix]) -> Tensor:
         """(N, C) logits of N variable-length clips (waveforms or whole-clip prefixes): the statistics of the
         backbone's utterance windows pooled per clip (`clip_pooling`), classified once."""
-        device = self.class_weights.device if self.classifier is not None else next(self.parameters()).device
         if not len(wavs):
             return torch.zeros(0, len(self.hparams.class_names or []))
+        return self.logits_from_stats(self.clip_stats(wavs))
+
+    def clip_stats(self, wavs: Sequence[Tensor | Prefix]) -> list[Tensor]:
+        """Per-layer time statistics [(N, k * D_i)] of N variable-length clips, pooled per clip as `clip_logits`
+        classifies them."""
+        device = self.class_weights.device if self.classifier is not None else next(self.parameters()).device
         windows, owners, spans = [], [], []
         for i, w in enumerate(wavs):
             pieces, own, _ = self.backbone.clip_windows(w.to(device))
@@ -346,9 +353,8 @@ class SERFinetuneModule(EmbeddingModule):
                 for r in range(batch_size_of(_rows(windows_t, j, j + step))):
                     per_clip[owners[j + r]].append([owned_frames(o[r], spans[j + r]) if o.dim() == 3 else o[r: r + 1]
                                                     for o in outs])
-            stats = [torch.cat(layer) for layer in zip(*[self.pooling.time_stats(
+            return [torch.cat(layer) for layer in zip(*[self.pooling.time_stats(
                 [torch.cat(list(ws)).unsqueeze(0) for ws in zip(*clip)]) for clip in per_clip])]
-            return self.logits_from_stats(stats)
         chunks = [self.pooling.time_stats(self.encoder_outputs(_rows(windows_t, j, j + step)))
                   for j in range(0, len(owners), step)]
         count = torch.bincount(owner, minlength=len(wavs)).clamp_min(1).unsqueeze(1).float()
@@ -357,7 +363,7 @@ class SERFinetuneModule(EmbeddingModule):
             values = torch.cat([c[layer] for c in chunks])
             summed = torch.zeros(len(wavs), values.shape[1], device=device).index_add_(0, owner, values)
             stats.append(summed / count)
-        return self.logits_from_stats(stats)
+        return stats
 
     @torch.no_grad()
     def predict_proba(self, wavs: Sequence[Tensor]) -> Tensor:
@@ -406,11 +412,30 @@ class SERFinetuneModule(EmbeddingModule):
         return [{"params": encoder}, {"params": head, "lr": float(self.hparams.head_lr)}]
 
     # ----- validation: the classifier itself on the validation speakers' whole clips -----
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._frozen_val_stats = {}
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self.clip_logits(batch["wavs"]).float().cpu()
+        wavs = batch["wavs"]
+        logits = (self.logits_from_stats(self._validation_stats(batch)) if len(wavs) else self.clip_logits(wavs))
+        logits = logits.float().cpu()
         n = len(logits)
         target = batch["emotion"].cpu() if "emotion" in batch else torch.full((n,), -1, dtype=torch.long)
         self._val_rows.append({"logits": logits, "emotion": target, "index": batch["index"].cpu()})
+
+    def _validation_stats(self, batch: dict) -> list[Tensor]:
+        """The validation clips' statistics. Under `freeze=all` they cannot change during a fit, so each clip's are
+        computed at the first validation and read back after (the classifier still scores them every epoch)."""
+        wavs = batch["wavs"]
+        if not (self.hparams.freeze == "all" and self.trainer.state.fn == TrainerFn.FITTING):
+            return self.clip_stats(wavs)
+        keys = [int(i) for i in batch["index"]]
+        missing = [j for j, k in enumerate(keys) if k not in self._frozen_val_stats]
+        if missing:
+            for j, layers in zip(missing, zip(*[s.split(1) for s in self.clip_stats([wavs[j] for j in missing])])):
+                self._frozen_val_stats[keys[j]] = tuple(x.detach() for x in layers)
+        return [torch.cat(layer) for layer in zip(*(self._frozen_val_stats[k] for k in keys))]
 
     def on_validation_epoch_end(self) -> None:
         rows = self._val_rows

@@ -113,3 +113,20 @@ def test_a_fraction_of_validation_speakers_keeps_at_least_one():
     assert [len(split_speakers([str(i) for i in range(8)], 0.25, 0)[1]), len(split_speakers(
         [str(i) for i in range(52)], 0.25, 0)[1])] == [2, 13]
     assert split_speakers(["a", "b", "c"], 0, seed=0)[1] == set()  # 0: no validation, as asked
+
+
+def test_batches_read_from_the_frozen_prefix_store_load_in_process_by_default(train_cfg_factory):
+    """A stored prefix crop is a memory-map slice: handing it over from loader workers cost more than reading it
+    (a freeze=all epoch 2.3x slower with 2 workers, BENCHMARKS.md). Audio and computed prefixes keep num_workers."""
+    from types import SimpleNamespace
+
+    dm = _dm(train_cfg_factory, "data.num_workers=2")
+    assert dm.hparams.prefix_store_workers == 0
+    loaders = lambda: [dm.train_dataloader(), dm.val_dataloader(), dm.utterance_loader(dm.val_records)]  # noqa: E731
+    assert [dl.num_workers for dl in loaders()] == [2, 2, 2]  # audio
+    dm.use_prefixes(SimpleNamespace(cached=False))  # the frozen part computed from decoded audio in the workers
+    assert [dl.num_workers for dl in loaders()] == [2, 2, 2]
+    dm.use_prefixes(SimpleNamespace(cached=True))
+    assert [dl.num_workers for dl in loaders()] == [0, 0, 0]
+    dm.hparams.prefix_store_workers = 1
+    assert [dl.num_workers for dl in loaders()] == [1, 1, 1]

@@ -37,6 +37,28 @@ def test_fast_dev_run_of_the_experiment(train_cfg_factory):
 
 
 # ----- pieces -----
+def test_freeze_all_computes_each_validation_clip_once_per_fit_and_scores_it_exactly(train_cfg_factory, monkeypatch):
+    """Under freeze=all a validation clip's statistics cannot change during a fit: they are computed at the first
+    validation only (issue 17: a freeze=all epoch must cost far less than a forward pass), and the metrics of the
+    last epoch equal those of a validation from scratch."""
+    from tasks.train import train
+
+    calls = []
+    clip_stats = SERFinetuneModule.clip_stats
+    monkeypatch.setattr(SERFinetuneModule, "clip_stats", lambda self, wavs: calls.append(len(wavs)) or clip_stats(self, wavs))
+    cfg = train_cfg_factory("experiment=ser_finetune", "model.freeze=all", "trainer.max_epochs=3", "trainer.min_epochs=1",
+                            "data.batches_per_epoch=2", "callbacks.early_stopping=null", "callbacks.model_checkpoint=null",
+                            *QUIET)
+    metrics, objs = train(cfg)
+    trainer, model, dm = objs["trainer"], objs["model"], objs["datamodule"]
+    assert sum(calls) == len(dm.val_records)  # sanity check + 3 epochs, every clip computed once
+    assert set(model._frozen_val_stats) == set(range(len(dm.val_records)))
+    again = trainer.validate(model, datamodule=dm, verbose=False)[0]  # outside a fit: computed afresh
+    assert sum(calls) == 2 * len(dm.val_records)
+    for key in ("val/ua", "val/wa", "val/loss"):
+        assert again[key] == pytest.approx(float(metrics[key]), abs=1e-6), key
+
+
 def test_class_weights_are_balanced_from_counts_and_absent_classes_get_zero():
     w = class_weights_from_counts([10, 30, 0, 20])
     np.testing.assert_allclose(w.numpy(), [2.0, 2 / 3, 0.0, 1.0], rtol=1e-6)  # n / (C_present * n_c), n = 60
