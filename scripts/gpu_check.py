@@ -128,10 +128,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fit_length(wav: torch.Tensor, n: int) -> torch.Tensor:
-    return wav[:n] if len(wav) >= n else torch.nn.functional.pad(wav, (0, n - len(wav)))
-
-
 class Throughput(L.Callback):
     """Per process: training clips/s of the steps after `warmup_steps` (forward, loss, backward, optimizer
     step; from each batch's start to its end, so the loader's waits are left out, CUDA-synchronised), and,
@@ -205,6 +201,7 @@ class Throughput(L.Callback):
         trainer.strategy.barrier("gpu_check.Throughput")  # every rank's file is written when fit returns
 
     def inference_rate(self, pl_module, dm, batch_size: int) -> float:
+        from datamodules.audio import crop_or_pad
         from lightning_modules.clip_embedding import embed_clips
 
         n = int(dm.hparams.crop_seconds * dm.hparams.sample_rate)
@@ -212,7 +209,8 @@ class Throughput(L.Callback):
         source = getattr(dm, "prefix_source", None)
         dm.use_prefixes(None)  # audio in, as a user's clips come (the frozen prefix is computed inside)
         try:
-            batches = [[fit_length(w, n) for w in b["wavs"]] for b in dm.utterance_loader(records, batch_size)]
+            batches = [[crop_or_pad(w, n, random=False) for w in b["wavs"]]  # the eval crop, at the training length
+                       for b in dm.utterance_loader(records, batch_size)]
         finally:
             dm.use_prefixes(source)
         embed_clips(pl_module, batches[0])  # warm-up (new shapes: kernel choice)

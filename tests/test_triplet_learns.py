@@ -15,6 +15,8 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
+from datamodules.samplers import PKBatchSampler
+from datamodules.speaker_datamodule import split_speakers
 from lightning_modules.clip_embedding import embed_clips
 from tasks.train import build_model, train
 from tests.conftest import make_cfg
@@ -92,9 +94,11 @@ def test_the_default_budget_is_the_one_measured_to_learn(tmp_path):
     """`python train.py` trains for at least the 135 steps measured to take the held-out EER below 0.40 (BENCHMARKS.md,
     "DeepTalk from scratch"); the 27 steps it had before issue 20 ended at chance (0.51)."""
     cfg = make_cfg("train.yaml", tmp_path, [])
-    corpus = cfg.data.corpus_options
-    n_val = round(cfg.data.val_speakers * corpus.n_speakers)  # datamodules.speaker_datamodule.split_speakers
-    train_clips = (corpus.n_speakers - n_val) * corpus.clips_per_emotion * len(corpus.emotions)
-    assert cfg.data.batches_per_epoch is None  # one pass over the training clips per epoch (PKBatchSampler)
-    steps_per_epoch = train_clips // (cfg.data.n_speakers * cfg.data.n_per_speaker)
+    corpus, d = cfg.data.corpus_options, cfg.data
+    speakers = [f"spk{i:03d}" for i in range(corpus.n_speakers)]
+    train_speakers, _ = split_speakers(speakers, d.val_speakers, d.seed)  # what the datamodule holds out
+    clips_per_speaker = corpus.clips_per_emotion * len(corpus.emotions)
+    labels = np.repeat(np.arange(len(train_speakers)), clips_per_speaker)  # a speaker id per training clip
+    steps_per_epoch = len(PKBatchSampler(labels, n_groups=d.n_speakers, n_per_group=d.n_per_speaker,
+                                         batches_per_epoch=d.batches_per_epoch))
     assert cfg.trainer.max_epochs * steps_per_epoch >= 135, (cfg.trainer.max_epochs, steps_per_epoch)
